@@ -1,0 +1,109 @@
+"""MXFP4 (OCP microscaling FP4) encode/decode in plain torch, in the gpt-oss checkpoint layout.
+
+Layout (as in openai/gpt-oss-20b/-120b safetensors):
+  blocks: uint8 [..., K/32, 16]  two E2M1 codes per byte, LOW nibble = EVEN element
+  scales: uint8 [..., K/32]      E8M0: value = 2 ** (s - 127)
+An element is E2M1_VALUES[code] * 2 ** (scale - 127).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 32  # elements sharing one E8M0 scale
+E8M0_BIAS = 127
+E2M1_MAX = 6.0
+E2M1_EMAX = 2  # 6.0 = 1.5 * 2**2
+
+# code -> value; bit 3 is the sign, bits 0-2 index the magnitudes below.
+E2M1_VALUES = (
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+    -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+)
+
+
+def _check_k(name: str, k: int) -> None:
+    if k % BLOCK:
+        raise ValueError(f"{name}: the last dimension must be a multiple of {BLOCK} for MXFP4, found {k}")
+
+
+def e2m1_lut(device=None, dtype=torch.float32) -> torch.Tensor:
+    return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
+
+
+def e8m0_to_float(scales: torch.Tensor) -> torch.Tensor:
+    """uint8 E8M0 -> float32 powers of two (255 is NaN in the OCP spec)."""
+    if scales.dtype != torch.uint8:
+        raise TypeError(f"scales: expected dtype uint8, found {scales.dtype}")
+    exp = scales.to(torch.int32) - E8M0_BIAS
+    out = torch.ldexp(torch.ones_like(exp, dtype=torch.float32), exp)
+    return torch.where(scales == 255, torch.full_like(out, float("nan")), out)
+
+
+def unpack_codes(blocks: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., n, 16] -> uint8 codes [..., n, 32] (low nibble first)."""
+    if blocks.dtype != torch.uint8:
+        raise TypeError(f"blocks: expected dtype uint8, found {blocks.dtype}")
+    lo = blocks & 0x0F
+    hi = blocks >> 4
+    return torch.stack((lo, hi), dim=-1).flatten(-2)
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [..., n, 32] -> uint8 [..., n, 16] (even element in the low nibble)."""
+    codes = codes.to(torch.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
+
+
+def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """blocks [..., K/32, 16] uint8, scales [..., K/32] uint8 -> [..., K] in `dtype`.
+
+    Also accepts blocks already flattened to [..., K/2] (vLLM's parameter view).
+    """
+    if blocks.dim() == scales.dim():  # [..., K/2] form
+        if blocks.shape[-1] != scales.shape[-1] * 16:
+            raise ValueError(
+                f"blocks [..., K/2] and scales [..., K/32] disagree: blocks {tuple(blocks.shape)}, "
+                f"scales {tuple(scales.shape)}")
+        blocks = blocks.unflatten(-1, (scales.shape[-1], 16))
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
+        raise ValueError(
+            f"blocks must be [..., K/32, 16] matching scales [..., K/32]: "
+            f"blocks {tuple(blocks.shape)}, scales {tuple(scales.shape)}")
+    lut = e2m1_lut(blocks.device)
+    vals = lut[unpack_codes(blocks).long()]  # [..., n, 32]
+    vals = vals * e8m0_to_float(scales).unsqueeze(-1)
+    return vals.flatten(-2).to(dtype)
+
+
+def _round_to_e2m1_codes(x: torch.Tensor) -> torch.Tensor:
+    """float32 values already divided by the block scale -> E2M1 codes, round-half-to-even, saturating."""
+    mags = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32, device=x.device)
+    a = x.abs().clamp(max=E2M1_MAX)
+    # distance to every representable magnitude; ties go to the even code (mantissa bit 0 clear)
+    dist = (a.unsqueeze(-1) - mags).abs()
+    best = dist.min(dim=-1, keepdim=True).values
+    is_best = dist == best
+    # prefer even codes on a tie: among tied candidates, take the one with an even index
+    idx = torch.arange(8, device=x.device)
+    score = torch.where(is_best, (idx % 2) * 16 + idx, torch.full_like(idx, 1000))
+    code = score.argmin(dim=-1).to(torch.uint8)
+    sign = ((x < 0) & (code != 0)).to(torch.uint8) << 3
+    return code | sign
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., K] float -> (blocks [..., K/32, 16] uint8, scales [..., K/32] uint8).
+
+    The scale follows the OCP MX spec: 2 ** (floor(log2(amax)) - 2), so the largest element of a
+    block lands in [4, 8) before saturating to 6. All-zero blocks get the smallest scale (code 0).
+    """
+    _check_k("x", x.shape[-1])
+    xf = x.detach().to(torch.float32).unflatten(-1, (x.shape[-1] // BLOCK, BLOCK))
+    amax = xf.abs().amax(dim=-1)
+    exp = torch.where(amax > 0, torch.floor(torch.log2(amax)) - E2M1_EMAX, torch.full_like(amax, -E8M0_BIAS))
+    exp = exp.clamp(-E8M0_BIAS, 127)
+    scales = (exp + E8M0_BIAS).to(torch.uint8)
+    scaled = xf / torch.ldexp(torch.ones_like(exp), exp.to(torch.int32)).unsqueeze(-1)
+    codes = _round_to_e2m1_codes(scaled)
+    return pack_codes(codes), scales

@@ -1,0 +1,134 @@
+"""Our MXFP4 quantization method for gpt-oss experts.
+
+Registered as `vllm_gptoss_mxfp4`. It claims checkpoints whose config has
+`quantization_config.quant_method` "mxfp4" (or vLLM's rewritten "gpt_oss_mxfp4") and
+`model_type` "gpt_oss": vLLM probes plugin-registered names before its built-ins, so ours wins.
+Pass `--quantization gpt_oss_mxfp4` to get vLLM's built-in method instead.
+
+Expert weights stay MXFP4 in memory (uint8 blocks [E, N, K/2] + uint8 E8M0 scales [E, N, K/32],
+about 4.25 bits a weight) plus biases. The experts run
+  - on CUDA with triton: the fused Triton kernels of `gptoss_kernels` (weights repacked once at
+    load by `prepare_moe_weights`);
+  - otherwise (CPU, or no triton): a torch path that dequantizes one expert at a time.
+Attention, router, embeddings and lm_head stay unquantized, as in the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
+from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+from vllm.model_executor.layers.quantization import register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+from vllm.model_executor.utils import set_weight_attrs
+
+from . import moe_ops
+from .config import MXFP4_BLOCK
+
+logger = logging.getLogger(__name__)
+
+QUANT_NAME = "vllm_gptoss_mxfp4"
+CLAIMED_METHODS = ("mxfp4", "gpt_oss_mxfp4", QUANT_NAME)
+
+
+@register_quantization_config(QUANT_NAME)
+class GptOssMxfp4Config(QuantizationConfig):
+    def __init__(self, modules_to_not_convert: list[str] | None = None):
+        super().__init__()
+        self.modules_to_not_convert = modules_to_not_convert or []
+
+    @classmethod
+    def get_name(cls) -> str:
+        return QUANT_NAME
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return 70  # the torch path runs anywhere; the Triton path checks for itself
+
+    @classmethod
+    def get_config_filenames(cls) -> list[str]:
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GptOssMxfp4Config":
+        return cls(config.get("modules_to_not_convert"))
+
+    @classmethod
+    def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None) -> str | None:
+        from . import plugin_disabled
+
+        if plugin_disabled() or not isinstance(hf_quant_cfg, dict):
+            return None
+        if getattr(hf_config, "model_type", None) != "gpt_oss":
+            return None
+        if hf_quant_cfg.get("quant_method") not in CLAIMED_METHODS:
+            return None
+        if user_quant not in (None, "mxfp4", QUANT_NAME):
+            return None  # e.g. --quantization gpt_oss_mxfp4 asks for vLLM's built-in method
+        return QUANT_NAME
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        if isinstance(layer, LinearBase):
+            return UnquantizedLinearMethod()
+        if isinstance(layer, RoutedExperts):
+            return GptOssMxfp4MoEMethod(layer.moe_config)
+        return None
+
+
+class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
+    """Experts in MXFP4; `apply` receives the runner's top-k weights and ids."""
+
+    def __init__(self, moe):
+        super().__init__(moe)
+        self.prepared = None  # device layout for the Triton kernels, when they are used
+
+    def maybe_roundup_sizes(self, hidden_size, intermediate_size_per_partition, act_dtype, moe_parallel_config):
+        # No padding of the hidden size; the intermediate shard is rounded up to whole MXFP4 blocks
+        # (2880 over 4 ranks = 22.5 blocks: ranks hold 23 blocks, the last one zero-padded).
+        if hidden_size % MXFP4_BLOCK:
+            raise ValueError(f"MXFP4 experts need hidden_size to be a multiple of {MXFP4_BLOCK}, found {hidden_size}")
+        i = -(-intermediate_size_per_partition // MXFP4_BLOCK) * MXFP4_BLOCK
+        return hidden_size, i
+
+    def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype,
+                       **extra_weight_attrs):
+        E, H, I = num_experts, hidden_size, intermediate_size_per_partition
+        bias_dtype = params_dtype
+
+        def add(name, shape, dtype):
+            p = torch.nn.Parameter(torch.zeros(*shape, dtype=dtype), requires_grad=False)
+            layer.register_parameter(name, p)
+            set_weight_attrs(p, {"weight_loader": extra_weight_attrs.get("weight_loader")})
+
+        add("w13_weight", (E, 2 * I, H // 2), torch.uint8)
+        add("w13_weight_scale", (E, 2 * I, H // MXFP4_BLOCK), torch.uint8)
+        add("w2_weight", (E, H, I // 2), torch.uint8)
+        add("w2_weight_scale", (E, H, I // MXFP4_BLOCK), torch.uint8)
+        add("w13_bias", (E, 2 * I), bias_dtype)
+        add("w2_bias", (E, H), bias_dtype)
+
+    def get_fused_moe_quant_config(self, layer):
+        return None
+
+    def process_weights_after_loading(self, layer) -> None:
+        self.prepared = moe_ops.maybe_prepare_triton(layer)
+
+    def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
+        ids = topk_ids
+        if layer.expert_map is not None:  # global -> local expert ids, -1 for other ranks' experts
+            ids = layer.expert_map[topk_ids.long()]
+        alpha = layer.swiglu_alpha if layer.swiglu_alpha is not None else 1.702
+        limit = layer.swiglu_limit if layer.swiglu_limit is not None else 7.0
+        if self.prepared is not None:
+            return moe_ops.triton_moe(x, topk_weights, ids, self.prepared, alpha, limit)
+        return moe_ops.torch_moe(x, topk_weights, ids.to(torch.int32), layer.w13_weight, layer.w13_weight_scale,
+                                 layer.w13_bias, layer.w2_weight, layer.w2_weight_scale, layer.w2_bias,
+                                 alpha, limit)

@@ -1,0 +1,210 @@
+"""Checkpoint -> vLLM parameters for gpt-oss, with an explicit name map and strict checks.
+
+Checkpoint names are those of the released Hugging Face checkpoints (see checkpoint.py). Every
+tensor is checked against the shape and dtype the config implies before it is copied; a tensor the
+model does not have, a tensor missing at the end, a wrong shape or dtype: each stops loading with a
+`CheckpointError` naming the tensor and the expected and found values. Nothing is ever left at its
+initial (uninitialised) value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .config import MXFP4_BLOCK, GptOssArgs
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not match the gpt-oss model its config.json describes."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    shape: tuple[int, ...]
+    kind: str  # "float" or "uint8"
+
+
+def expected_tensors(args: GptOssArgs) -> dict[str, Expected]:
+    """Every tensor a gpt-oss checkpoint with this config holds, with its full (unsharded) shape."""
+    H, I, E, V = args.hidden_size, args.intermediate_size, args.num_experts, args.vocab_size
+    nq, nkv, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
+    f = lambda *s: Expected(tuple(s), "float")  # noqa: E731
+    u8 = lambda *s: Expected(tuple(s), "uint8")  # noqa: E731
+    out = {
+        "model.embed_tokens.weight": f(V, H),
+        "model.norm.weight": f(H),
+        "lm_head.weight": f(V, H),
+    }
+    for i in range(args.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out.update({
+            p + "input_layernorm.weight": f(H),
+            p + "post_attention_layernorm.weight": f(H),
+            p + "self_attn.q_proj.weight": f(nq * d, H),
+            p + "self_attn.q_proj.bias": f(nq * d),
+            p + "self_attn.k_proj.weight": f(nkv * d, H),
+            p + "self_attn.k_proj.bias": f(nkv * d),
+            p + "self_attn.v_proj.weight": f(nkv * d, H),
+            p + "self_attn.v_proj.bias": f(nkv * d),
+            p + "self_attn.o_proj.weight": f(H, nq * d),
+            p + "self_attn.o_proj.bias": f(H),
+            p + "self_attn.sinks": f(nq),
+            p + "mlp.router.weight": f(E, H),
+            p + "mlp.router.bias": f(E),
+            p + "mlp.experts.gate_up_proj_bias": f(E, 2 * I),
+            p + "mlp.experts.down_proj_bias": f(E, H),
+        })
+        if args.quant_method == "mxfp4":
+            out.update({
+                p + "mlp.experts.gate_up_proj_blocks": u8(E, 2 * I, H // MXFP4_BLOCK, 16),
+                p + "mlp.experts.gate_up_proj_scales": u8(E, 2 * I, H // MXFP4_BLOCK),
+                p + "mlp.experts.down_proj_blocks": u8(E, H, I // MXFP4_BLOCK, 16),
+                p + "mlp.experts.down_proj_scales": u8(E, H, I // MXFP4_BLOCK),
+            })
+        else:
+            out.update({
+                p + "mlp.experts.gate_up_proj": f(E, H, 2 * I),
+                p + "mlp.experts.down_proj": f(E, I, H),
+            })
+    return out
+
+
+def check_tensor(name: str, t: torch.Tensor, expected: dict[str, Expected]) -> Expected:
+    exp = expected.get(name)
+    if exp is None:
+        hint = ""
+        if name.endswith(("_blocks", "_scales")):
+            hint = " (MXFP4 expert tensors, but config.json has no quantization_config with quant_method 'mxfp4')"
+        elif name.endswith((".gate_up_proj", ".down_proj")):
+            hint = " (unquantized expert weights, but config.json declares MXFP4 experts)"
+        raise CheckpointError(f"checkpoint tensor '{name}' is not part of a gpt-oss model with this config.json{hint}")
+    if tuple(t.shape) != exp.shape:
+        raise CheckpointError(
+            f"checkpoint tensor '{name}': expected shape {list(exp.shape)}, found {list(t.shape)}")
+    if exp.kind == "uint8" and t.dtype != torch.uint8:
+        raise CheckpointError(f"checkpoint tensor '{name}': expected dtype uint8 (MXFP4), found {t.dtype}")
+    if exp.kind == "float" and not t.dtype.is_floating_point:
+        raise CheckpointError(f"checkpoint tensor '{name}': expected a floating-point dtype, found {t.dtype}")
+    return exp
+
+
+def check_all_present(seen: set[str], expected: dict[str, Expected]) -> None:
+    missing = sorted(set(expected) - seen)
+    if missing:
+        shown = ", ".join(f"'{m}' {list(expected[m].shape)}" for m in missing[:8])
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s): {shown}{more}")
+
+
+def _copy(param: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    """Copy into the leading corner of `param` (the rest is padding and stays zero)."""
+    if src.dim() != param.dim() or any(s > p for s, p in zip(src.shape, param.shape)):
+        raise CheckpointError(
+            f"checkpoint tensor '{name}': shard of shape {list(src.shape)} does not fit parameter "
+            f"{list(param.shape)}")
+    if tuple(src.shape) != tuple(param.shape):
+        param.data.zero_()
+    param.data[tuple(slice(0, s) for s in src.shape)].copy_(src.to(param.dtype))
+
+
+class GptOssWeightLoader:
+    """Streams (name, tensor) pairs from vLLM's loader into a `GptOssForCausalLM`."""
+
+    _QKV = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
+
+    def __init__(self, model: torch.nn.Module, args: GptOssArgs, tp_rank: int, tp_size: int):
+        self.model = model
+        self.args = args
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.params = dict(model.named_parameters())
+        self.expected = expected_tensors(args)
+
+    def load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        seen: set[str] = set()
+        loaded: set[str] = set()
+        for name, t in weights:
+            check_tensor(name, t, self.expected)
+            if name in seen:
+                raise CheckpointError(f"checkpoint tensor '{name}' appears twice")
+            seen.add(name)
+            loaded.add(self._load_one(name, t))
+        check_all_present(seen, self.expected)
+        return loaded
+
+    # -- one tensor ---------------------------------------------------------------------------
+    def _param(self, name: str) -> torch.nn.Parameter:
+        try:
+            return self.params[name]
+        except KeyError:  # a bug in the name map, not in the checkpoint
+            raise RuntimeError(f"vllm-gptoss: no parameter '{name}' in the model") from None
+
+    def _load_one(self, name: str, t: torch.Tensor) -> str:
+        if ".mlp.experts." in name:
+            return self._load_expert_tensor(name, t)
+        module, _, leaf = name.rpartition(".")
+        if module.endswith(("q_proj", "k_proj", "v_proj")):
+            base, _, proj = module.rpartition(".")
+            pname = f"{base}.qkv_proj.{leaf}"
+            param = self._param(pname)
+            param.weight_loader(param, t, self._QKV[proj])
+            return pname
+        if leaf == "sinks":
+            param = self._param(name)
+            heads = param.shape[0]
+            _copy(param, t.narrow(0, self.tp_rank * heads, heads), name)
+            return name
+        param = self._param(name)
+        loader = getattr(param, "weight_loader", None)
+        if loader is None:
+            _copy(param, t, name)
+        else:
+            loader(param, t)
+        return name
+
+    def _load_expert_tensor(self, name: str, t: torch.Tensor) -> str:
+        layer_prefix, _, leaf = name.partition(".mlp.experts.")
+        routed = self.model.get_submodule(f"{layer_prefix}.mlp.experts.routed_experts")
+        par = routed.moe_config.moe_parallel_config
+        target = {
+            "gate_up_proj_blocks": "w13_weight", "gate_up_proj_scales": "w13_weight_scale",
+            "gate_up_proj_bias": "w13_bias", "gate_up_proj": "w13_weight",
+            "down_proj_blocks": "w2_weight", "down_proj_scales": "w2_weight_scale",
+            "down_proj_bias": "w2_bias", "down_proj": "w2_weight",
+        }[leaf]
+        pname = f"{layer_prefix}.mlp.experts.routed_experts.{target}"
+        param = self._param(pname)
+
+        # Experts on this rank (expert parallelism) ...
+        if routed.expert_map is not None:
+            emap = routed.expert_map.cpu()
+            global_ids = (emap >= 0).nonzero(as_tuple=True)[0]
+            order = emap[global_ids].argsort()
+            t = t[global_ids[order]]
+        # ... and this rank's slice of the intermediate dimension (tensor parallelism).
+        I = self.args.intermediate_size
+        tp, rank = (1, 0) if par.use_ep else (par.tp_size, par.tp_rank)
+        quantized = self.args.quant_method == "mxfp4"
+        step = MXFP4_BLOCK if quantized else 1
+        per_rank = -(-(I // step) // tp) * step
+        lo, hi = min(rank * per_rank, I), min((rank + 1) * per_rank, I)
+
+        if leaf in ("gate_up_proj_blocks", "gate_up_proj_scales", "gate_up_proj_bias"):
+            t = t[:, 2 * lo: 2 * hi]  # rows interleave gate/up, so 2j and 2j+1 travel together
+            if leaf == "gate_up_proj_blocks":
+                t = t.flatten(-2)  # [E, 2I, H/32, 16] -> vLLM's [E, 2I, H/2]
+        elif leaf == "down_proj_blocks":
+            t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK].flatten(-2)
+        elif leaf == "down_proj_scales":
+            t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK]
+        elif leaf == "down_proj_bias":
+            if rank != 0:  # the TP all-reduce sums the ranks' outputs: add the bias once
+                t = torch.zeros_like(t)
+        elif leaf == "gate_up_proj":  # bf16 [E, H, 2I] -> [E, 2I_local, H]
+            t = t[:, :, 2 * lo: 2 * hi].transpose(1, 2)
+        elif leaf == "down_proj":  # bf16 [E, I, H] -> [E, H, I_local]
+            t = t[:, lo:hi, :].transpose(1, 2)
+        _copy(param, t, name)
+        return pname
