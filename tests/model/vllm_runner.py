@@ -1,0 +1,47 @@
+"""Runs vLLM (CPU) on one checkpoint in a fresh process and writes what the tests need as JSON.
+
+vLLM's engine spawns processes and keeps global state, so every engine the tests need runs here,
+in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
+  model, dtype, tensor_parallel_size (1), prompts (list of token-id lists), max_tokens (greedy
+  decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables)
+OUT: {"greedy": [[ids]], "prompt_logprobs": [[logprob of each prompt token after the first]],
+      "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
+"""
+
+import json
+import os
+import sys
+
+
+def main(spec_path: str, out_path: str) -> None:
+    spec = json.load(open(spec_path))
+    os.environ.update(spec.get("env", {}))
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for apply_model(describe_model)
+    tp = spec.get("tensor_parallel_size", 1)
+    if tp > 1:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(tp)))
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype=spec["dtype"], enforce_eager=True,
+              tensor_parallel_size=tp, gpu_memory_utilization=0.2, max_model_len=spec.get("max_model_len", 256),
+              seed=0)
+    prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
+    from vllm_gptoss.introspect import describe_model
+
+    out = llm.apply_model(describe_model)[0]
+    if spec.get("max_tokens", 0):
+        res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
+                                                   ignore_eos=True, detokenize=False))
+        out["greedy"] = [list(r.outputs[0].token_ids) for r in res]
+    if spec.get("prompt_logprobs"):
+        res = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False))
+        out["prompt_logprobs"] = [
+            [lp[tok].logprob for lp, tok in zip(r.prompt_logprobs[1:], p[1:])] for r, p in zip(res, spec["prompts"])]
+    json.dump(out, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
