@@ -31,12 +31,12 @@ def e2m1_lut(device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
 
 
-def e8m0_to_float(scales: torch.Tensor) -> torch.Tensor:
-    """uint8 E8M0 -> float32 powers of two (255 is NaN in the OCP spec)."""
+def e8m0_to_float(scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 E8M0 -> powers of two in `dtype` (255 is NaN in the OCP spec)."""
     if scales.dtype != torch.uint8:
         raise TypeError(f"scales: expected dtype uint8, found {scales.dtype}")
     exp = scales.to(torch.int32) - E8M0_BIAS
-    out = torch.ldexp(torch.ones_like(exp, dtype=torch.float32), exp)
+    out = torch.ldexp(torch.ones_like(exp, dtype=dtype), exp)
     return torch.where(scales == 255, torch.full_like(out, float("nan")), out)
 
 
@@ -70,9 +70,11 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
         raise ValueError(
             f"blocks must be [..., K/32, 16] matching scales [..., K/32]: "
             f"blocks {tuple(blocks.shape)}, scales {tuple(scales.shape)}")
-    lut = e2m1_lut(blocks.device)
+    # float32 math (float64 when asked for): 6 * 2^127 overflows float32, as it would in any kernel
+    math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    lut = e2m1_lut(blocks.device, math_dtype)
     vals = lut[unpack_codes(blocks).long()]  # [..., n, 32]
-    vals = vals * e8m0_to_float(scales).unsqueeze(-1)
+    vals = vals * e8m0_to_float(scales, math_dtype).unsqueeze(-1)
     return vals.flatten(-2).to(dtype)
 
 
