@@ -25,12 +25,15 @@ def test_float32_greedy_tokens_identical(kind, tiny_checkpoints, tmp_path):
         assert got == want
 
 
-def test_tensor_parallel_2_mxfp4(tiny_checkpoints, tmp_path):
-    """TP=2 splits the expert width 96 into 64 + 32 (zero-padded to a whole MXFP4 block)."""
+@pytest.mark.parametrize("expert_parallel", [False, True], ids=["tp2", "tp2-ep"])
+def test_tensor_parallel_2_mxfp4(expert_parallel, tiny_checkpoints, tmp_path):
+    """TP=2 splits the expert width 96 into 64 + 32 (zero-padded to a whole MXFP4 block);
+    with expert parallelism the 5 experts are split 3 + 2 between the ranks instead."""
     prompts = tiny_prompts(4, seed=1)
     out = run_vllm(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="float32", prompts=prompts,
-                   max_tokens=NEW_TOKENS, tensor_parallel_size=2)
+                   max_tokens=NEW_TOKENS, tensor_parallel_size=2, expert_parallel=expert_parallel)
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
+    assert out["local_experts_per_rank"] == ([[3], [2]] if expert_parallel else [[5], [5]])
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
 
 

