@@ -26,6 +26,9 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from . import envs
+
+    envs.declare()  # also when disabled: VLLM_GPTOSS_DISABLE itself must not be flagged as unknown
     if plugin_disabled():
         logger.info("vllm-gptoss: disabled by %s", DISABLE_ENV)
         return

@@ -125,10 +125,11 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
         ids = topk_ids
         if layer.expert_map is not None:  # global -> local expert ids, -1 for other ranks' experts
             ids = layer.expert_map[topk_ids.long()]
+        ids = ids.to(torch.int32)
         alpha = layer.swiglu_alpha if layer.swiglu_alpha is not None else 1.702
         limit = layer.swiglu_limit if layer.swiglu_limit is not None else 7.0
         if self.prepared is not None:
             return moe_ops.triton_moe(x, topk_weights, ids, self.prepared, alpha, limit)
-        return moe_ops.torch_moe(x, topk_weights, ids.to(torch.int32), layer.w13_weight, layer.w13_weight_scale,
+        return moe_ops.torch_moe(x, topk_weights, ids, layer.w13_weight, layer.w13_weight_scale,
                                  layer.w13_bias, layer.w2_weight, layer.w2_weight_scale, layer.w2_bias,
                                  alpha, limit)

@@ -72,10 +72,26 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
             f"blocks {tuple(blocks.shape)}, scales {tuple(scales.shape)}")
     # float32 math (float64 when asked for): 6 * 2^127 overflows float32, as it would in any kernel
     math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    lut = e2m1_lut(blocks.device, math_dtype)
-    vals = lut[unpack_codes(blocks).long()]  # [..., n, 32]
+    # one gather per byte: a 256 x 2 table holds (low-nibble value, high-nibble value) of every byte
+    if blocks.dtype != torch.uint8:
+        raise TypeError(f"blocks: expected dtype uint8, found {blocks.dtype}")
+    lut = _byte_lut(blocks.device, math_dtype)
+    vals = lut.index_select(0, blocks.reshape(-1).to(torch.int32))  # [bytes, 2]
+    vals = vals.view(*scales.shape, BLOCK)  # [..., n, 32]
     vals = vals * e8m0_to_float(scales, math_dtype).unsqueeze(-1)
     return vals.flatten(-2).to(dtype)
+
+
+_BYTE_LUTS: dict = {}
+
+
+def _byte_lut(device, dtype) -> torch.Tensor:
+    key = (str(device), dtype)
+    if key not in _BYTE_LUTS:
+        codes = torch.arange(256, dtype=torch.int64)
+        lut = e2m1_lut(None, dtype)
+        _BYTE_LUTS[key] = torch.stack((lut[codes & 0x0F], lut[codes >> 4]), dim=-1).to(device)
+    return _BYTE_LUTS[key]
 
 
 def _round_to_e2m1_codes(x: torch.Tensor) -> torch.Tensor:

