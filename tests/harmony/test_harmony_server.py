@@ -1,0 +1,428 @@
+"""The harmony serving path end to end: vLLM's real OpenAI server, the official `openai` client.
+
+One server for the whole module (start-up costs 1-2 minutes on the CPU): the trained fixture
+model (vllm_gptoss.fixture), ``--enable-auto-tool-choice --tool-call-parser openai`` and vLLM's
+per-arch default reasoning parser, run offline in a network namespace and reached through a Unix
+socket (harmony_live_server.py). What the fixture says for each request is defined by its training corpus
+(vllm_gptoss/fixture/corpus.py) and, for the malformation triggers, by
+vllm_gptoss/harmony/malformations.py: that is the ground truth here, produced by oss-harmony's
+renderer or written raw, never by our parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harmony_live_server import LiveServer  # noqa: E402
+
+from vllm_gptoss.harmony.malformations import MALFORMATIONS, TOOLS, Malformation  # noqa: E402
+from vllm_gptoss.harmony.parser import RECOVERY_KINDS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+corpus = pytest.importorskip("vllm_gptoss.fixture.corpus")
+
+
+@pytest.fixture(scope="module")
+def server():
+    import os
+
+    path = os.environ.get("HARMONY_TEST_MODEL")  # developer aid: any gpt-oss checkpoint dir
+    if not path:
+        from vllm_gptoss.fixture import ensure_fixture
+
+        path = ensure_fixture()
+    s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE})
+    try:
+        s.wait_ready(900)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.openai()
+
+
+def examples(kind):
+    return [e for e in corpus.examples() if e.kind == kind]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def chat(server, client, request: dict, stream: bool, **kw) -> dict:
+    """One chat completion; returns what a client sees, joined the way a client joins a stream."""
+    body = {"model": server.served_name, "temperature": 0, "max_tokens": 256, **request, **kw}
+    if not stream:
+        r = client.chat.completions.create(**body)
+        ch = r.choices[0]
+        msg = ch.message
+        return dict(
+            reasoning=getattr(msg, "reasoning", None),
+            content=msg.content,
+            tool_calls=tuple((t.function.name, t.function.arguments) for t in msg.tool_calls or ()),
+            finish_reason=ch.finish_reason,
+            prompt_token_ids=getattr(r, "prompt_token_ids", None),
+        )
+    reasoning, content, calls, finish = [], [], {}, None
+    ids_seen = set()
+    for chunk in client.chat.completions.create(stream=True, **body):
+        ids_seen.add(chunk.id)
+        for ch in chunk.choices:
+            d = ch.delta
+            if getattr(d, "reasoning", None):
+                reasoning.append(d.reasoning)
+            if d.content:
+                content.append(d.content)
+            for t in d.tool_calls or ():
+                name, args = calls.get(t.index, ("", ""))
+                if t.function is not None:
+                    name += t.function.name or ""
+                    args += t.function.arguments or ""
+                calls[t.index] = (name, args)
+            if ch.finish_reason is not None:
+                finish = ch.finish_reason
+    assert len(ids_seen) == 1, f"one stream carried several completion ids: {ids_seen}"
+    return dict(
+        reasoning="".join(reasoning) or None,
+        content="".join(content) or None,
+        tool_calls=tuple(calls[k] for k in sorted(calls)),
+        finish_reason=finish,
+        prompt_token_ids=None,
+    )
+
+
+def recoveries(server) -> dict[str, float]:
+    with server.client_http(timeout=30) as h:
+        text = h.get("/metrics").text
+    out = {}
+    for kind in RECOVERY_KINDS:
+        m = re.search(
+            r'^vllm_gptoss:harmony_recoveries_total\{kind="%s"\} ([0-9.e+]+)$' % kind, text, re.M
+        )
+        out[kind] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def visible(res: dict) -> tuple:
+    return res["reasoning"], res["content"], res["tool_calls"], res["finish_reason"]
+
+
+# --- the malformation triggers: real model output through the server ----------------------------
+
+
+@pytest.mark.parametrize("m", MALFORMATIONS, ids=lambda m: m.kind)
+def test_malformation_trigger_recovered_streamed_and_not(server, client, m: Malformation):
+    request = {"messages": [{"role": "user", "content": m.trigger}]}
+    if m.offers_tools:
+        request["tools"] = TOOLS
+    want_finish = "tool_calls" if m.tool_calls else "stop"
+    results = {}
+    for stream in (False, True):
+        before = recoveries(server)
+        res = chat(server, client, request, stream)  # an HTTP error would raise here
+        after = recoveries(server)
+        assert (res["reasoning"], res["content"], res["tool_calls"]) == (
+            m.reasoning,
+            m.content,
+            m.tool_calls,
+        ), f"stream={stream}"
+        assert res["finish_reason"] == want_finish
+        for name, args in res["tool_calls"]:
+            assert isinstance(json.loads(args), dict)
+        delta = {k: after[k] - before[k] for k in RECOVERY_KINDS if after[k] != before[k]}
+        want = {k: float(list(m.counted_as).count(k)) for k in set(m.counted_as)}
+        assert delta == want, f"stream={stream}"
+        results[stream] = visible(res)
+    assert results[True] == results[False]
+
+
+# --- well-formed conversations: reasoning vs content, tool calls, streamed == non-streamed -------
+
+
+QA = [e for e in examples("qa") if e.name[2:4] in ("00", "08", "20")]
+
+
+@pytest.mark.parametrize("ex", QA, ids=lambda e: e.name)
+def test_reasoning_and_content_separated(server, client, ex):
+    full = chat(server, client, ex.request(), stream=False)
+    streamed = chat(server, client, ex.request(), stream=True)
+    assert (full["reasoning"], full["content"], full["tool_calls"]) == (ex.reasoning, ex.content, ())
+    assert full["finish_reason"] == "stop"
+    assert visible(streamed) == visible(full)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["full", "stream"])
+def test_tool_call_then_result_turn(server, client, stream):
+    call_ex, result_ex = corpus.demo_example()
+    res = chat(server, client, call_ex.request(), stream)
+    assert res["tool_calls"] == call_ex.tool_calls and res["reasoning"] == call_ex.reasoning
+    assert res["content"] is None and res["finish_reason"] == "tool_calls"
+    assert json.loads(res["tool_calls"][0][1]) == {"city": "Paris"}
+    res2 = chat(server, client, result_ex.request(), stream)
+    assert (res2["reasoning"], res2["content"], res2["tool_calls"]) == (
+        result_ex.reasoning,
+        result_ex.content,
+        (),
+    )
+
+
+def test_tool_choice_named_and_required(server, client):
+    call_ex, _ = corpus.demo_example()
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice, finish in ((named, "stop"), ("required", "tool_calls"), ("auto", "tool_calls")):
+        for stream in (False, True):
+            res = chat(server, client, call_ex.request(), stream, tool_choice=choice)
+            assert res["tool_calls"] == call_ex.tool_calls, (choice, stream)
+            assert res["finish_reason"] == finish, (choice, stream)
+
+
+def test_tool_choice_required_forces_a_call_the_model_would_not_make(server, client):
+    """A factual question the fixture answers without tools: `required` must still give a call."""
+    ex = corpus.demo_example()[0]
+    q = {"messages": [{"role": "user", "content": corpus.SMOKE_QA[0][0]}], "tools": ex.tools}
+    auto = chat(server, client, q, stream=False, tool_choice="auto", max_tokens=96)
+    forced = chat(server, client, q, stream=False, tool_choice="required", max_tokens=96)
+    assert forced["tool_calls"], forced
+    assert forced["tool_calls"][0][0] == "get_weather"
+    assert isinstance(json.loads(forced["tool_calls"][0][1])["city"], str)  # schema-constrained
+    assert auto != forced
+
+
+# --- reasoning effort ---------------------------------------------------------------------------
+
+
+def _system_message(prompt_ids) -> str:
+    from vllm_gptoss.harmony.parser import default_encoding
+
+    text = default_encoding()[0].decode(prompt_ids)
+    return text.split("<|end|>", 1)[0]
+
+
+@pytest.mark.parametrize("effort", ["low", "high"])
+def test_reasoning_effort_from_every_dialect(server, client, effort):
+    question, answer = corpus.SMOKE_QA[8]
+    user = {"role": "user", "content": question}
+    extra = {"extra_body": {"return_token_ids": True}}
+    by_field = chat(server, client, {"messages": [user], "reasoning_effort": effort}, False, **extra)
+    by_kwargs = chat(
+        server,
+        client,
+        {"messages": [user]},
+        False,
+        extra_body={"return_token_ids": True, "chat_template_kwargs": {"reasoning_effort": effort}},
+    )
+    by_system = chat(
+        server,
+        client,
+        {"messages": [{"role": "system", "content": f"Reasoning: {effort}"}, user]},
+        False,
+        **extra,
+    )
+    default = chat(server, client, {"messages": [user]}, False, **extra)
+    want_reasoning = corpus.REASONING_TEMPLATES[effort].format(answer=answer)
+    for res in (by_field, by_kwargs, by_system):
+        assert f"Reasoning: {effort}" in _system_message(res["prompt_token_ids"])
+        assert res["prompt_token_ids"] == by_field["prompt_token_ids"]
+        assert (res["reasoning"], res["content"]) == (want_reasoning, answer)
+    assert "Reasoning: medium" in _system_message(default["prompt_token_ids"])
+    assert default["reasoning"] != want_reasoning
+
+
+def test_max_tokens_inside_reasoning(server, client):
+    ex = next(e for e in examples("qa") if e.reasoning_effort == "high")
+    for stream in (False, True):
+        res = chat(server, client, ex.request(), stream, max_tokens=12)
+        assert res["finish_reason"] == "length"
+        assert res["content"] is None and res["tool_calls"] == ()
+        assert res["reasoning"] and ex.reasoning.startswith(res["reasoning"]), res
+
+
+# --- bad requests: 4xx naming the parameter -----------------------------------------------------
+
+
+BAD_TOOL = [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"reasoning_effort": "minimal"}, "reasoning_effort"),
+        ({"extra_body": {"chat_template_kwargs": {"reasoning_effort": "max"}}}, "chat_template_kwargs.reasoning_effort"),
+        ({"messages": [{"role": "system", "content": "Reasoning: turbo"}, {"role": "user", "content": "hi"}]}, "messages[0].content"),
+        ({"tools": BAD_TOOL}, "tools[0].function.parameters"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "not_offered"}}}, "tool_choice"),
+    ],
+    ids=["effort", "effort-minimal", "kwargs-effort", "system-effort", "tool-schema", "tool-choice"],
+)
+def test_bad_request_is_4xx_naming_the_parameter(server, client, body, param):
+    body = dict(body)
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=server.served_name, max_tokens=8, **body)
+    assert err.value.status_code == 400
+    assert param in str(err.value), str(err.value)
+
+
+def test_responses_bad_effort_and_bad_tool(server, client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=server.served_name, input="hi", reasoning={"effort": "extreme"})
+    assert "reasoning" in str(err.value)
+    bad = [{"type": "function", "name": "f", "parameters": {"type": "array"}}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=server.served_name, input="hi", tools=bad)
+    assert "tools[0].parameters" in str(err.value)
+
+
+def test_sampled_output_never_500(server, client):
+    """Hot sampling makes the fixture emit whatever it likes; every answer must still be a 200."""
+    for seed in range(6):
+        for stream in (False, True):
+            chat(
+                server,
+                client,
+                {"messages": [{"role": "user", "content": corpus.SMOKE_QA[seed][0]}], "tools": TOOLS},
+                stream,
+                temperature=2.0,
+                seed=seed,
+                max_tokens=48,
+            )
+
+
+# --- Responses API --------------------------------------------------------------------------------
+
+
+def _responses(server, client, stream: bool, **body) -> dict:
+    body = dict(model=server.served_name, temperature=0, max_output_tokens=256, **body)
+    if not stream:
+        r = client.responses.create(**body)
+        out = dict(reasoning=[], text=[], calls=[])
+        for item in r.output:
+            if item.type == "reasoning":
+                out["reasoning"].append("".join(c.text for c in item.content or ()))
+            elif item.type == "message":
+                out["text"].append("".join(c.text for c in item.content))
+            elif item.type == "function_call":
+                out["calls"].append((item.name, item.arguments))
+        return {k: tuple(v) for k, v in out.items()}
+    reasoning, text, calls, cur = [], [], [], {}
+    for ev in client.responses.create(stream=True, **body):
+        if ev.type == "response.reasoning_text.delta":
+            cur.setdefault("r", []).append(ev.delta)
+        elif ev.type == "response.reasoning_text.done":
+            reasoning.append("".join(cur.pop("r", [])))
+        elif ev.type == "response.output_text.delta":
+            cur.setdefault("t", []).append(ev.delta)
+        elif ev.type == "response.output_text.done":
+            text.append("".join(cur.pop("t", [])))
+        elif ev.type == "response.output_item.added" and ev.item.type == "function_call":
+            cur["f"] = [ev.item.name, []]
+        elif ev.type == "response.function_call_arguments.delta":
+            cur["f"][1].append(ev.delta)
+        elif ev.type == "response.function_call_arguments.done":
+            calls.append((cur["f"][0], "".join(cur.pop("f")[1])))
+    return dict(reasoning=tuple(reasoning), text=tuple(text), calls=tuple(calls))
+
+
+def test_responses_api_streamed_and_not(server, client):
+    ex = next(e for e in QA if e.reasoning_effort is None)  # the request sets no effort
+    question = ex.messages[0]["content"]
+    full = _responses(server, client, False, input=question)
+    assert full == dict(reasoning=(ex.reasoning,), text=(ex.content,), calls=())
+    assert _responses(server, client, True, input=question) == full
+
+    call_ex = corpus.demo_example()[0]
+    tools = [{"type": "function", **TOOLS[0]["function"]}]
+    q = call_ex.messages[0]["content"]
+    full = _responses(server, client, False, input=q, tools=tools)
+    assert full == dict(reasoning=(call_ex.reasoning,), text=(), calls=call_ex.tool_calls)
+    assert _responses(server, client, True, input=q, tools=tools) == full
+
+
+@pytest.mark.parametrize("kind", ["bare_final", "channel_junk", "tool_name_glued_json"])
+def test_responses_api_recovers_malformations(server, client, kind):
+    from vllm_gptoss.harmony.malformations import BY_KIND
+
+    m = BY_KIND[kind]
+    body = {"input": m.trigger}
+    if m.offers_tools:
+        body["tools"] = [{"type": "function", **TOOLS[0]["function"]}]
+    want = dict(
+        reasoning=(m.reasoning,) if m.reasoning else (),
+        text=(m.content,) if m.content else (),
+        calls=m.tool_calls,
+    )
+    assert _responses(server, client, False, **body) == want
+    assert _responses(server, client, True, **body) == want
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+def test_32_concurrent_streams_do_not_mix(server):
+    qa = corpus.SMOKE_QA[:32]
+    assert len({a for _, a in qa}) == 32, "need 32 distinct answers"
+
+    async def one(client, question):
+        reasoning, content, ids = [], [], set()
+        stream = await client.chat.completions.create(
+            model=server.served_name,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=128,
+            stream=True,
+        )
+        async for chunk in stream:
+            ids.add(chunk.id)
+            for ch in chunk.choices:
+                if getattr(ch.delta, "reasoning", None):
+                    reasoning.append(ch.delta.reasoning)
+                if ch.delta.content:
+                    content.append(ch.delta.content)
+        return "".join(reasoning), "".join(content), ids
+
+    async def main():
+        client = server.async_openai()
+        return await asyncio.gather(*(one(client, q) for q, _ in qa))
+
+    results = asyncio.run(main())
+    all_ids = set()
+    for (question, answer), (reasoning, content, ids) in zip(qa, results):
+        assert content == answer, question
+        assert reasoning == corpus.REASONING_TEMPLATES["medium"].format(answer=answer), question
+        assert len(ids) == 1
+        all_ids |= ids
+    assert len(all_ids) == 32
+
+
+# --- offline ------------------------------------------------------------------------------------
+
+# vLLM's get_ip() learns the host's address by connect()ing a UDP socket to Google's DNS address
+# (8.8.8.8, then 2001:4860:4860::8888): a UDP connect sends no packet. In the namespace it fails at
+# once (network unreachable) and vLLM falls back to loopback. Everything else is forbidden.
+_UDP_ADDRESS_PROBES = {("8.8.8.8", 80), ("2001:4860:4860::8888", 80)}
+
+
+def test_offline_nothing_reaches_the_network(server, client):
+    """Runs last in the module: covers start-up and every request above."""
+    audit = server.audit()
+    for rec in audit:
+        if rec["event"] == "socket.connect" and rec["type"] == 2:  # SOCK_DGRAM
+            assert tuple(rec["addr"]) in _UDP_ADDRESS_PROBES, rec
+        else:
+            pytest.fail(f"network attempt: {rec}")
+    log = server.log_path.read_text(errors="replace")
+    assert "HarmonyError" not in log and "Traceback" not in log
+    # The audit proves nothing tried; the namespace proves nothing could have succeeded.
+    assert server.offline_namespace, "`unshare -n` is not permitted on this machine (needs root)"

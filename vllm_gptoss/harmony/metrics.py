@@ -1,0 +1,54 @@
+"""Prometheus counter of harmony recoveries, by kind, served on vLLM's ``/metrics``.
+
+vLLM's ``/metrics`` route exposes `vllm.v1.metrics.prometheus.get_prometheus_registry()`: the
+default ``prometheus_client.REGISTRY`` in a single API-server process, or, when
+``PROMETHEUS_MULTIPROC_DIR`` is set (several API-server processes), a fresh registry fed by
+``MultiProcessCollector`` from the per-process files. A plain `Counter` registered in the default
+registry covers both: prometheus_client writes its values to those files by itself in
+multiprocess mode. Our parser runs in the API-server process, so that is where it counts.
+
+Exposed as ``vllm_gptoss:harmony_recoveries_total{kind="..."}``; every kind of
+`parser.RECOVERY_KINDS` is present from the first request on (at 0), so dashboards see the series.
+"""
+
+from __future__ import annotations
+
+import threading
+
+NAME = "vllm_gptoss:harmony_recoveries"
+_lock = threading.Lock()
+_counter = None
+
+
+def recoveries():
+    """The counter, created on first use (in the process that parses)."""
+    global _counter
+    if _counter is None:
+        with _lock:
+            if _counter is None:
+                from prometheus_client import REGISTRY, Counter
+
+                from .parser import RECOVERY_KINDS
+
+                existing = getattr(REGISTRY, "_names_to_collectors", {}).get(NAME + "_total")
+                if existing is not None:  # re-imported module (tests): reuse the series
+                    _counter = existing
+                else:
+                    _counter = Counter(
+                        NAME,
+                        "Malformed harmony output from gpt-oss that vllm-gptoss recovered, by kind.",
+                        ["kind"],
+                    )
+                for kind in RECOVERY_KINDS:
+                    _counter.labels(kind=kind)
+    return _counter
+
+
+def record(kind: str) -> None:
+    """Count one recovery (the parser's `on_recovery` callback)."""
+    recoveries().labels(kind=kind).inc()
+
+
+def value(kind: str) -> float:
+    """Current count of one kind in this process (for tests)."""
+    return recoveries().labels(kind=kind)._value.get()

@@ -1,0 +1,215 @@
+"""Run vLLM's built-in harmony parser and ours on the same token ids; write STOCK_VS_OURS.md.
+
+    python -m vllm_gptoss.harmony.stock_compare            # print the markdown table
+    python -m vllm_gptoss.harmony.stock_compare --write    # rewrite STOCK_VS_OURS.md
+
+Both parsers are driven through the calls vLLM's chat-completions server makes: ``parse`` for a
+non-streamed response and ``parse_delta`` token by token for a streamed one. tests/harmony use the
+same helpers, and check that the committed table is what this module computes.
+"""
+
+from __future__ import annotations
+
+
+import pathlib
+import sys
+from dataclasses import dataclass
+
+from .malformations import MALFORMATIONS, TOOLS, Malformation
+
+TABLE_PATH = pathlib.Path(__file__).with_name("STOCK_VS_OURS.md")
+
+
+class EncodingTokenizer:
+    """The bits of a tokenizer the parsers call, over the bundled harmony encoding."""
+
+    def __init__(self):
+        from .parser import default_encoding
+
+        self.encoding = default_encoding()[0]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.encoding.decode(list(ids))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode(text, allowed_special="all")
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+
+def parser_classes():
+    """(stock, ours): vLLM's HarmonyParser and ours, each with the gpt-oss reasoning/tool parsers."""
+    from vllm.parser.harmony import HarmonyParser
+    from vllm.reasoning.gptoss_reasoning_parser import GptOssReasoningParser
+    from vllm.tool_parsers.gptoss_tool_parser import GptOssToolParser
+
+    from .vllm_parsers import (
+        GptOssHarmonyReasoningParser,
+        GptOssHarmonyToolParser,
+        HarmonyServingParser,
+    )
+
+    class Stock(HarmonyParser):
+        reasoning_parser_cls = GptOssReasoningParser
+        tool_parser_cls = GptOssToolParser
+
+    class Ours(HarmonyServingParser):
+        reasoning_parser_cls = GptOssHarmonyReasoningParser
+        tool_parser_cls = GptOssHarmonyToolParser
+
+    return Stock, Ours
+
+
+def chat_request(offers_tools: bool, **extra):
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    body = {"model": "gpt-oss", "messages": [{"role": "user", "content": "hi"}], **extra}
+    if offers_tools:
+        body.setdefault("tools", TOOLS)
+    return ChatCompletionRequest(**body)
+
+
+@dataclass
+class Outcome:
+    reasoning: str | None = None
+    content: str | None = None
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    error: str | None = None
+
+    def as_cell(self) -> str:
+        if self.error:
+            return f"**exception** `{self.error[:70]}`"
+        parts = []
+        if self.reasoning is not None:
+            parts.append(f"reasoning={self.reasoning!r}")
+        if self.content is not None:
+            parts.append(f"content={self.content!r}")
+        for name, args in self.tool_calls:
+            parts.append(f"tool_call={name}({args})")
+        return "<br>".join(p.replace("|", "\\|") for p in parts) or "(nothing)"
+
+
+def run_parse(parser_cls, token_ids, request, tokenizer) -> Outcome:
+    """Non-streamed: what `chat_completion_full_generator` gets from `parser.parse`."""
+    try:
+        parser = parser_cls(tokenizer, request.tools)
+        reasoning, content, calls = parser.parse(
+            "", request, enable_auto_tools=True, model_output_token_ids=list(token_ids)
+        )
+    except Exception as e:  # noqa: BLE001 - recording what stock does
+        return Outcome(error=f"{type(e).__name__}: {e}")
+    return Outcome(
+        reasoning, content, tuple((c.name, c.arguments) for c in (calls or []))
+    )
+
+
+def run_stream(parser_cls, token_ids, request, tokenizer, chunks=None) -> Outcome:
+    """Streamed: `parse_delta` per chunk (default one token), deltas joined like a client does."""
+    ids = list(token_ids)
+    if chunks is None:
+        chunks = [1] * len(ids)
+    reasoning, content, calls = [], [], {}
+    try:
+        parser = parser_cls(tokenizer, request.tools)
+        pos = 0
+        for i, n in enumerate(chunks):
+            piece = ids[pos : pos + n]
+            pos += n
+            last = i == len(chunks) - 1
+            d = parser.parse_delta("", piece, request, finished=last)
+            if d is None:
+                continue
+            if d.reasoning:
+                reasoning.append(d.reasoning)
+            if d.content:
+                content.append(d.content)
+            for tc in d.tool_calls or []:
+                name, args = calls.get(tc.index, ("", ""))
+                fn = tc.function
+                calls[tc.index] = (
+                    name + (fn.name or "") if fn else name,
+                    args + (fn.arguments or "") if fn else args,
+                )
+    except Exception as e:  # noqa: BLE001
+        return Outcome(error=f"{type(e).__name__}: {e}")
+    return Outcome(
+        "".join(reasoning) or None,
+        "".join(content) or None,
+        tuple(calls[k] for k in sorted(calls)),
+    )
+
+
+def expected(m: Malformation) -> Outcome:
+    return Outcome(m.reasoning, m.content, m.tool_calls)
+
+
+def truncated_reasoning_case() -> tuple[str, list[int]]:
+    """max_tokens ran out inside the reasoning: no end token, no final channel."""
+    from .parser import default_encoding
+
+    enc = default_encoding()[0]
+    text = "<|channel|>analysis<|message|>Let me think about this carefully"
+    return "Let me think about this carefully", enc.encode(text, allowed_special="all")
+
+
+def table() -> str:
+    from .parser import default_encoding
+
+    enc = default_encoding()[0]
+    tok = EncodingTokenizer()
+    stock, ours = parser_classes()
+    rows = [
+        "| kind | raw model output | stock vLLM 0.32 (non-streamed) | stock vLLM 0.32 (streamed) "
+        "| vllm-gptoss (both) |",
+        "|---|---|---|---|---|",
+    ]
+    cases = [(m.kind, m.completion, m.offers_tools) for m in MALFORMATIONS]
+    reasoning_so_far, trunc_ids = truncated_reasoning_case()
+    cases.append(("max_tokens inside reasoning", enc.decode(trunc_ids), False))
+    for kind, text, tools in cases:
+        ids = enc.encode(text, allowed_special="all")
+        req = chat_request(tools)
+        s_full = run_parse(stock, ids, req, tok)
+        s_stream = run_stream(stock, ids, req, tok)
+        o_full = run_parse(ours, ids, req, tok)
+        o_stream = run_stream(ours, ids, req, tok)
+        ours_cell = o_full.as_cell() if o_full == o_stream else "MISMATCH"
+        raw = text.replace("|", "\\|")
+        rows.append(
+            f"| {kind} | `{raw}` | {s_full.as_cell()} | {s_stream.as_cell()} | {ours_cell} |"
+        )
+    head = (
+        "# Harmony malformations: stock vLLM vs vllm-gptoss\n\n"
+        "Generated by `python -m vllm_gptoss.harmony.stock_compare --write` (vLLM "
+        f"{_vllm_version()}): the same token ids through vLLM's built-in `HarmonyParser` and ours, "
+        "as the chat-completions server calls them (`parse` for non-streamed, `parse_delta` one "
+        "token at a time for streamed), with `--reasoning-parser openai_gptoss --tool-call-parser "
+        "openai`. Tool-call rows offer a `get_weather` tool.\n\n"
+    )
+    return head + "\n".join(rows) + "\n"
+
+
+def _vllm_version() -> str:
+    try:
+        from vllm import __version__
+
+        return __version__
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    text = table()
+    if "--write" in argv:
+        TABLE_PATH.write_text(text)
+        print(f"wrote {TABLE_PATH}")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
+
+
