@@ -38,25 +38,24 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def run_vllm(tmp_path: Path, **spec) -> dict:
+def _run_runner(tmp_path: Path, spec: dict) -> tuple[subprocess.CompletedProcess, Path]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     spec_file, out_file = tmp_path / "spec.json", tmp_path / "out.json"
-    spec["model"] = str(spec["model"])
-    spec_file.write_text(json.dumps(spec))
+    spec_file.write_text(json.dumps({**spec, "model": str(spec["model"])}))
     proc = subprocess.run([sys.executable, str(RUNNER), str(spec_file), str(out_file)],
                           capture_output=True, text=True, timeout=900)
+    return proc, out_file
+
+
+def run_vllm(tmp_path: Path, **spec) -> dict:
+    proc, out_file = _run_runner(tmp_path, spec)
     if proc.returncode != 0:
         raise AssertionError(f"vLLM run failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
     return json.loads(out_file.read_text())
 
 
 def run_vllm_expect_failure(tmp_path: Path, **spec) -> str:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    spec_file, out_file = tmp_path / "spec.json", tmp_path / "out.json"
-    spec["model"] = str(spec["model"])
-    spec_file.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, str(RUNNER), str(spec_file), str(out_file)],
-                          capture_output=True, text=True, timeout=900)
+    proc, _ = _run_runner(tmp_path, spec)
     assert proc.returncode != 0, "vLLM loaded a checkpoint that should have been refused"
     return proc.stdout + proc.stderr
 
