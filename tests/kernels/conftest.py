@@ -9,7 +9,7 @@ import torch
 
 ON_CUDA = os.environ.get("GPTOSS_KERNELS_TEST_CUDA") == "1" and torch.cuda.is_available()
 if not ON_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"  # also set by tests/conftest.py, for runs of the whole suite
 
 
 @pytest.fixture
