@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-pytest.importorskip("lm_eval")
+import lm_eval  # noqa: E402,F401  (the test extra installs it; a missing install must fail, not skip)
 
 from eval import accuracy  # noqa: E402
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("lm_eval")
+import lm_eval  # noqa: E402,F401  (the test extra installs it; a missing install must fail, not skip)
 
 from lm_eval.tasks import TaskManager  # noqa: E402
 

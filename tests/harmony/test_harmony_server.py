@@ -28,7 +28,7 @@ from vllm_gptoss.harmony.parser import RECOVERY_KINDS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-corpus = pytest.importorskip("vllm_gptoss.fixture.corpus")
+from vllm_gptoss.fixture import corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from vllm_gptoss.harmony.stock_compare import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-corpus = pytest.importorskip("vllm_gptoss.fixture.corpus")
+from vllm_gptoss.fixture import corpus  # noqa: E402
 
 # Where stock vLLM 0.32 loses or garbles what the model said (see STOCK_VS_OURS.md).
 STOCK_FAILS = {"doubled_start", "missing_message", "bare_final", "channel_junk", "tool_name_glued_json", "text_after_stop"}
