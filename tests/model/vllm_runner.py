@@ -11,6 +11,10 @@ OUT: {"greedy": [[ids]], "prompt_logprobs": [[logprob of each prompt token after
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for llm_exit
+from llm_exit import shutdown_and_exit  # noqa: E402
 
 
 def main(spec_path: str, out_path: str) -> None:
@@ -43,7 +47,9 @@ def main(spec_path: str, out_path: str) -> None:
         res = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False))
         out["prompt_logprobs"] = [
             [lp[tok].logprob for lp, tok in zip(r.prompt_logprobs[1:], p[1:])] for r, p in zip(res, spec["prompts"])]
-    json.dump(out, open(out_path, "w"))
+    with open(out_path, "w") as f:
+        json.dump(out, f)
+    shutdown_and_exit(llm)
 
 
 if __name__ == "__main__":
