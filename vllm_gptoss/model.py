@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from vllm.config import VllmConfig
-from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+from vllm.distributed import (get_pp_group, get_tensor_model_parallel_rank,
+                              get_tensor_model_parallel_world_size)
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.fused_moe import FusedMoEFactory, GateLinear
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -23,6 +24,9 @@ from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLine
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.model_executor.models.utils import (PPMissingLayer, extract_layer_index,
+                                              make_empty_intermediate_tensors_factory, make_layers)
 from vllm.sequence import IntermediateTensors
 
 from .config import GptOssArgs
@@ -125,23 +129,39 @@ class GptOssBlock(nn.Module):
 
 
 class GptOssModel(nn.Module):
+    """Embedding, blocks, final norm. Under pipeline parallelism each rank builds only its own
+    blocks (vLLM's `make_layers` split); the embedding lives on the first rank and the final norm on
+    the last, so no rank holds a 1.2 GB table it never reads."""
+
     def __init__(self, args: GptOssArgs, vllm_config: VllmConfig, prefix: str = "model"):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size)
-        self.layers = nn.ModuleList(
-            GptOssBlock(args, i, vllm_config, prefix=f"{prefix}.layers.{i}") for i in range(args.num_hidden_layers))
-        self.norm = RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        pp = get_pp_group()
+        self.embed_tokens = (VocabParallelEmbedding(args.vocab_size, args.hidden_size)
+                             if pp.is_first_rank else PPMissingLayer())
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            args.num_hidden_layers,
+            lambda prefix: GptOssBlock(args, extract_layer_index(prefix), vllm_config, prefix=prefix),
+            prefix=f"{prefix}.layers")
+        self.norm = RMSNorm(args.hidden_size, eps=args.rms_norm_eps) if pp.is_last_rank else PPMissingLayer()
+        self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(
+            ["hidden_states", "residual"], args.hidden_size)
 
-    def forward(self, input_ids, positions, inputs_embeds=None):
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for layer in self.layers:
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+        pp = get_pp_group()
+        if pp.is_first_rank:
+            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
+        else:
+            x, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
+        for layer in self.layers[self.start_layer: self.end_layer]:
             x, residual = layer(x, positions, residual)
+        if not pp.is_last_rank:
+            return IntermediateTensors({"hidden_states": x, "residual": residual})
         x, _ = self.norm(x, residual)
         return x
 
 
-class GptOssForCausalLM(nn.Module):
+class GptOssForCausalLM(nn.Module, SupportsPP):
     """Registered for `"architectures": ["GptOssForCausalLM"]` in place of vLLM's built-in class."""
 
     # vLLM reads these class attributes (LoRA / 3-D MoE weights, packed q/k/v).
@@ -154,16 +174,18 @@ class GptOssForCausalLM(nn.Module):
         self.args = GptOssArgs.from_hf_config(hf_config)
         self.config = hf_config
         self.model = GptOssModel(self.args, vllm_config, prefix="model")
-        self.lm_head = ParallelLMHead(self.args.vocab_size, self.args.hidden_size, prefix="lm_head")
+        self.lm_head = (ParallelLMHead(self.args.vocab_size, self.args.hidden_size, prefix="lm_head")
+                        if get_pp_group().is_last_rank else PPMissingLayer())
         self.logits_processor = LogitsProcessor(self.args.vocab_size)
+        self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids, positions, inputs_embeds)
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | IntermediateTensors:
+        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.logits_processor(self.lm_head, hidden_states)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from vllm.model_executor.models.utils import is_pp_missing_parameter
 
 from .config import MXFP4_BLOCK, GptOssArgs
 
@@ -130,6 +131,8 @@ class GptOssWeightLoader:
             if name in seen:
                 raise CheckpointError(f"checkpoint tensor '{name}' appears twice")
             seen.add(name)
+            if is_pp_missing_parameter(name, self.model):
+                continue  # checked above; it lives on another pipeline stage
             loaded.add(self._load_one(name, t))
         check_all_present(seen, self.expected)
         return loaded

@@ -19,7 +19,7 @@ EXPECT = {
     "gpt-oss-120b-h200": dict(gpus=1, cold_start=1800, model="openai/gpt-oss-120b", flags={}),
     "gpt-oss-120b-tp2": dict(gpus=2, cold_start=1800, model="openai/gpt-oss-120b", flags={"--tensor-parallel-size": "2"}),
     "gpt-oss-120b-multinode": dict(gpus=1, cold_start=1800, model="openai/gpt-oss-120b",
-                                   flags={"--tensor-parallel-size": "2", "--nnodes": "2"}),
+                                   flags={"--pipeline-parallel-size": "2", "--nnodes": "2"}),
     "cpu-fixture": dict(gpus=0, cold_start=300, model="/models/gptoss-fixture",
                         flags={"--dtype": "float32", "--gpu-memory-utilization": "0.25", "--model": "/models/gptoss-fixture"}),
 }

