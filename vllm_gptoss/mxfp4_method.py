@@ -3,7 +3,9 @@
 Registered as `vllm_gptoss_mxfp4`. It claims checkpoints whose config has
 `quantization_config.quant_method` "mxfp4" (or vLLM's rewritten "gpt_oss_mxfp4") and
 `model_type` "gpt_oss": vLLM probes plugin-registered names before its built-ins, so ours wins.
-Pass `--quantization gpt_oss_mxfp4` to get vLLM's built-in method instead.
+Pass `--quantization gpt_oss_mxfp4` to get vLLM's built-in method instead. Passed explicitly
+(`--quantization vllm_gptoss_mxfp4`) on a bf16 checkpoint, it quantizes the experts while they load
+(weights.py).
 
 Expert weights stay MXFP4 in memory (uint8 blocks [E, N, K/2] + uint8 E8M0 scales [E, N, K/32],
 about 4.25 bits a weight) plus biases. The experts run

@@ -5,6 +5,11 @@ tensor is checked against the shape and dtype the config implies before it is co
 model does not have, a tensor missing at the end, a wrong shape or dtype: each stops loading with a
 `CheckpointError` naming the tensor and the expected and found values. Nothing is ever left at its
 initial (uninitialised) value.
+
+A bf16 checkpoint (a fine-tune, say) served with `--quantization vllm_gptoss_mxfp4` gets MXFP4
+experts: each expert's weights are quantized here, one expert at a time on the parameter's device,
+as they stream in (OCP scale rule and round-half-to-even of `gptoss_kernels.mxfp4.quantize`, the
+same encoder that writes MXFP4 checkpoints), so no bf16 copy of all experts is ever held.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from gptoss_kernels.mxfp4 import quantize
 from vllm.model_executor.models.utils import is_pp_missing_parameter
 
 from .config import MXFP4_BLOCK, GptOssArgs
@@ -133,7 +139,7 @@ class GptOssWeightLoader:
             seen.add(name)
             if is_pp_missing_parameter(name, self.model):
                 continue  # checked above; it lives on another pipeline stage
-            loaded.add(self._load_one(name, t))
+            loaded.update(self._load_one(name, t))
         check_all_present(seen, self.expected)
         return loaded
 
@@ -144,7 +150,7 @@ class GptOssWeightLoader:
         except KeyError:  # a bug in the name map, not in the checkpoint
             raise RuntimeError(f"vllm-gptoss: no parameter '{name}' in the model") from None
 
-    def _load_one(self, name: str, t: torch.Tensor) -> str:
+    def _load_one(self, name: str, t: torch.Tensor) -> tuple[str, ...]:
         if ".mlp.experts." in name:
             return self._load_expert_tensor(name, t)
         module, _, leaf = name.rpartition(".")
@@ -153,21 +159,21 @@ class GptOssWeightLoader:
             pname = f"{base}.qkv_proj.{leaf}"
             param = self._param(pname)
             param.weight_loader(param, t, self._QKV[proj])
-            return pname
+            return (pname,)
         if leaf == "sinks":
             param = self._param(name)
             heads = param.shape[0]
             _copy(param, t.narrow(0, self.tp_rank * heads, heads), name)
-            return name
+            return (name,)
         param = self._param(name)
         loader = getattr(param, "weight_loader", None)
         if loader is None:
             _copy(param, t, name)
         else:
             loader(param, t)
-        return name
+        return (name,)
 
-    def _load_expert_tensor(self, name: str, t: torch.Tensor) -> str:
+    def _load_expert_tensor(self, name: str, t: torch.Tensor) -> tuple[str, ...]:
         layer_prefix, _, leaf = name.partition(".mlp.experts.")
         routed = self.model.get_submodule(f"{layer_prefix}.mlp.experts.routed_experts")
         par = routed.moe_config.moe_parallel_config
@@ -189,7 +195,12 @@ class GptOssWeightLoader:
         # ... and this rank's slice of the intermediate dimension (tensor parallelism).
         I = self.args.intermediate_size
         tp, rank = (1, 0) if par.use_ep else (par.tp_size, par.tp_rank)
-        quantized = self.args.quant_method == "mxfp4"
+        # Experts held as MXFP4: an MXFP4 checkpoint, or a bf16 one quantized while loading.
+        quantized = routed.w13_weight.dtype == torch.uint8
+        if quantized and I % MXFP4_BLOCK:
+            raise CheckpointError(
+                f"MXFP4 experts need intermediate_size to be a multiple of {MXFP4_BLOCK}: config.json "
+                f"has {I} ('{name}')")
         step = MXFP4_BLOCK if quantized else 1
         per_rank = -(-(I // step) // tp) * step
         lo, hi = min(rank * per_rank, I), min((rank + 1) * per_rank, I)
@@ -209,5 +220,21 @@ class GptOssWeightLoader:
             t = t[:, :, 2 * lo: 2 * hi].transpose(1, 2)
         elif leaf == "down_proj":  # bf16 [E, I, H] -> [E, H, I_local]
             t = t[:, lo:hi, :].transpose(1, 2)
+        if quantized and leaf in ("gate_up_proj", "down_proj"):
+            return self._quantize_into(routed, layer_prefix, target, t, name)
         _copy(param, t, name)
-        return pname
+        return (pname,)
+
+    def _quantize_into(self, routed, layer_prefix: str, target: str, t: torch.Tensor, name: str) -> tuple[str, ...]:
+        """bf16 experts [E, N, K] -> MXFP4 blocks [E, N, K/2] and scales [E, N, K/32], per expert."""
+        base = f"{layer_prefix}.mlp.experts.routed_experts.{target}"
+        blocks_param, scales_param = self._param(base), self._param(base + "_scale")
+        E, N, K = t.shape
+        blocks = torch.empty(E, N, K // 2, dtype=torch.uint8, device=blocks_param.device)
+        scales = torch.empty(E, N, K // MXFP4_BLOCK, dtype=torch.uint8, device=scales_param.device)
+        for e in range(E):
+            b, sc = quantize(t[e].to(blocks_param.device, torch.float32))
+            blocks[e], scales[e] = b.flatten(-2), sc
+        _copy(blocks_param, blocks, name)
+        _copy(scales_param, scales, name)
+        return base, base + "_scale"

@@ -94,18 +94,22 @@ def _byte_lut(device, dtype) -> torch.Tensor:
     return _BYTE_LUTS[key]
 
 
+# Magnitude code = how many midpoints between neighbouring E2M1 magnitudes lie below |x|. A value
+# exactly on a midpoint goes to the even code (round-half-to-even, as the OCP spec rounds): that is
+# down at 0.25, 1.25, 2.5 and 5 (to codes 0, 2, 4, 6) and up at 0.75, 1.75 and 3.5 (to codes 2, 4, 6).
+# Anything above 5 saturates to 6.0 (code 7). Seven compares per element, no [..., 8] temporaries.
+_MIDPOINTS_TIE_DOWN = (0.25, 1.25, 2.5, 5.0)
+_MIDPOINTS_TIE_UP = (0.75, 1.75, 3.5)
+
+
 def _round_to_e2m1_codes(x: torch.Tensor) -> torch.Tensor:
     """float32 values already divided by the block scale -> E2M1 codes, round-half-to-even, saturating."""
-    mags = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32, device=x.device)
-    a = x.abs().clamp(max=E2M1_MAX)
-    # distance to every representable magnitude; ties go to the even code (mantissa bit 0 clear)
-    dist = (a.unsqueeze(-1) - mags).abs()
-    best = dist.min(dim=-1, keepdim=True).values
-    is_best = dist == best
-    # prefer even codes on a tie: among tied candidates, take the one with an even index
-    idx = torch.arange(8, device=x.device)
-    score = torch.where(is_best, (idx % 2) * 16 + idx, torch.full_like(idx, 1000))
-    code = score.argmin(dim=-1).to(torch.uint8)
+    a = x.abs()
+    code = torch.zeros(a.shape, dtype=torch.uint8, device=x.device)
+    for t in _MIDPOINTS_TIE_DOWN:
+        code += a > t
+    for t in _MIDPOINTS_TIE_UP:
+        code += a >= t
     sign = ((x < 0) & (code != 0)).to(torch.uint8) << 3
     return code | sign
 

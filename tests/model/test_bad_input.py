@@ -135,3 +135,17 @@ def test_pipeline_parallel_ranks_check_every_tensor(tiny_checkpoints, tmp_path):
 
     hits = re.findall(r"Worker_PP(\d).*" + message, output)
     assert set(hits) == {"0", "1"}, output[-3000:]
+
+
+@pytest.mark.slow
+def test_quantizing_bf16_experts_needs_whole_mxfp4_blocks(tmp_path):
+    """`--quantization vllm_gptoss_mxfp4` on a bf16 checkpoint whose expert width (80) is not a
+    multiple of 32: refused, naming the field and its value, before anything is quantized wrongly."""
+    from vllm_gptoss.checkpoint import random_state_dict, save_checkpoint
+
+    cfg = gpt_oss_config(**{**TINY, "intermediate_size": 80}, mxfp4=False)
+    ckpt = save_checkpoint(tmp_path / "ckpt", cfg, random_state_dict(cfg, seed=1))
+    output = run_vllm_expect_failure(tmp_path / "run", model=ckpt, dtype="float32", prompts=tiny_prompts(1),
+                                     max_tokens=4, quantization="vllm_gptoss_mxfp4")
+    assert "MXFP4 experts need intermediate_size to be a multiple of 32: config.json has 80" in output, \
+        output[-3000:]

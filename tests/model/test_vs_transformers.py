@@ -1,6 +1,9 @@
 """Our model class and MXFP4 method inside vLLM against Hugging Face transformers' GptOssForCausalLM."""
 
+import json
+
 import pytest
+import torch
 
 from .conftest import hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, tiny_prompts
 
@@ -45,6 +48,40 @@ def test_pipeline_parallel_2_mxfp4(tiny_checkpoints, tmp_path):
                    max_tokens=NEW_TOKENS, pipeline_parallel_size=2, enforce_eager=False)
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
     assert out["moe_layers_per_rank"] == [2, 2]
+    assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
+
+
+def _mxfp4_values_as_bf16_checkpoint(mxfp4_dir, out_dir):
+    """The MXFP4 checkpoint's experts dequantized into a bf16 checkpoint (exactly: every MXFP4 value
+    is a bf16 value), with no quantization_config: what a bf16 fine-tune looks like to vLLM."""
+    from safetensors.torch import load_file, save_file
+
+    from gptoss_kernels.mxfp4 import dequantize
+
+    sd = load_file(str(mxfp4_dir / "model.safetensors"))
+    for name in [n for n in sd if n.endswith("_blocks")]:
+        base = name[: -len("_blocks")]
+        w = dequantize(sd.pop(name), sd.pop(base + "_scales"))  # [E, out, in], as the checkpoint stores it
+        sd[base] = w.transpose(1, 2).to(torch.bfloat16).contiguous()  # transformers' [E, in, out]
+    out_dir.mkdir(parents=True)
+    save_file(sd, str(out_dir / "model.safetensors"))
+    cfg = json.loads((mxfp4_dir / "config.json").read_text())
+    del cfg["quantization_config"]
+    (out_dir / "config.json").write_text(json.dumps(cfg))
+    return out_dir
+
+
+@pytest.mark.parametrize("tp", [1, 2], ids=["tp1", "tp2"])
+def test_bf16_checkpoint_quantized_to_mxfp4_while_loading(tp, tiny_checkpoints, tmp_path):
+    """`--quantization vllm_gptoss_mxfp4` on a bf16 checkpoint: experts are quantized to MXFP4 as
+    they load (our method runs, weights held as uint8). The checkpoint's expert values are MXFP4
+    values, so re-quantizing them must give back exactly those values: the greedy tokens equal
+    transformers' on the MXFP4 original. TP 2 also quantizes the zero-padded half-block shard."""
+    bf16 = _mxfp4_values_as_bf16_checkpoint(tiny_checkpoints["mxfp4"], tmp_path / "bf16-of-mxfp4")
+    prompts = tiny_prompts(4, seed=4)
+    out = run_vllm(tmp_path / "run", model=bf16, dtype="float32", prompts=prompts, max_tokens=NEW_TOKENS,
+                   quantization="vllm_gptoss_mxfp4", tensor_parallel_size=tp)
+    assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
 
 
