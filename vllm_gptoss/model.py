@@ -24,7 +24,7 @@ from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLine
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-from vllm.model_executor.models.interfaces import SupportsPP
+from vllm.model_executor.models.interfaces import EagleModelMixin, SupportsEagle, SupportsEagle3, SupportsPP
 from vllm.model_executor.models.utils import (PPMissingLayer, extract_layer_index,
                                               make_empty_intermediate_tensors_factory, make_layers)
 from vllm.sequence import IntermediateTensors
@@ -128,10 +128,12 @@ class GptOssBlock(nn.Module):
         return self.mlp(x), residual
 
 
-class GptOssModel(nn.Module):
+class GptOssModel(nn.Module, EagleModelMixin):
     """Embedding, blocks, final norm. Under pipeline parallelism each rank builds only its own
     blocks (vLLM's `make_layers` split); the embedding lives on the first rank and the final norm on
-    the last, so no rank holds a 1.2 GB table it never reads."""
+    the last, so no rank holds a 1.2 GB table it never reads. For EAGLE-3 speculative decoding
+    (`EagleModelMixin`) the forward also returns the hidden states (residual stream) entering the
+    layers vLLM asks for, which the draft model reads."""
 
     def __init__(self, args: GptOssArgs, vllm_config: VllmConfig, prefix: str = "model"):
         super().__init__()
@@ -153,15 +155,17 @@ class GptOssModel(nn.Module):
             residual = None
         else:
             x, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
-        for layer in self.layers[self.start_layer: self.end_layer]:
-            x, residual = layer(x, positions, residual)
+        aux = self._maybe_add_hidden_state([], self.start_layer, x, residual)
+        for i in range(self.start_layer, self.end_layer):
+            x, residual = self.layers[i](x, positions, residual)
+            self._maybe_add_hidden_state(aux, i + 1, x, residual)
         if not pp.is_last_rank:
             return IntermediateTensors({"hidden_states": x, "residual": residual})
         x, _ = self.norm(x, residual)
-        return x
+        return (x, aux) if aux else x
 
 
-class GptOssForCausalLM(nn.Module, SupportsPP):
+class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
     """Registered for `"architectures": ["GptOssForCausalLM"]` in place of vLLM's built-in class."""
 
     # vLLM reads these class attributes (LoRA / 3-D MoE weights, packed q/k/v).

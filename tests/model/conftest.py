@@ -88,3 +88,35 @@ def hf_prompt_logprobs(model, prompts: list[list[int]]) -> list[list[float]]:
         logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
         outs.append([logp[i, p[i + 1]].item() for i in range(len(p) - 1)])
     return outs
+
+
+def save_eagle3_draft(out_dir: Path, target_cfg: dict, aux_layers: list[int], seed: int = 11) -> Path:
+    """A random EAGLE-3 draft head in the layout of the published ones (LlamaForCausalLMEagle3: one
+    decoder layer `midlayer.*` whose attention reads [embedding, hidden] (2H wide), `fc` folding the
+    target's aux hidden states 3H -> H, own norm, embedding and lm_head over the target's vocabulary).
+    Random weights draft poor tokens: the target's verification must still decide every token."""
+    from safetensors.torch import save_file
+
+    H, V, I = target_cfg["hidden_size"], target_cfg["vocab_size"], 256
+    nq, nkv, d = 2, 1, 64  # head_dim 64: the size the CPU attention backend runs
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: (torch.randn(*s, generator=g) * 0.05)  # noqa: E731
+    sd = {
+        "embed_tokens.weight": rnd(V, H), "lm_head.weight": rnd(V, H), "norm.weight": 1 + rnd(H),
+        "fc.weight": rnd(H, len(aux_layers) * H),
+        "midlayer.input_layernorm.weight": 1 + rnd(H), "midlayer.hidden_norm.weight": 1 + rnd(H),
+        "midlayer.post_attention_layernorm.weight": 1 + rnd(H),
+        "midlayer.self_attn.q_proj.weight": rnd(nq * d, 2 * H), "midlayer.self_attn.k_proj.weight": rnd(nkv * d, 2 * H),
+        "midlayer.self_attn.v_proj.weight": rnd(nkv * d, 2 * H), "midlayer.self_attn.o_proj.weight": rnd(H, nq * d),
+        "midlayer.mlp.gate_proj.weight": rnd(I, H), "midlayer.mlp.up_proj.weight": rnd(I, H),
+        "midlayer.mlp.down_proj.weight": rnd(H, I),
+    }
+    out_dir.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out_dir / "model.safetensors"))
+    cfg = dict(architectures=["LlamaForCausalLMEagle3"], model_type="llama", hidden_size=H, intermediate_size=I,
+               num_attention_heads=nq, num_key_value_heads=nkv, head_dim=d, num_hidden_layers=1, vocab_size=V,
+               draft_vocab_size=V, rms_norm_eps=1e-5, max_position_embeddings=target_cfg["max_position_embeddings"],
+               rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False, torch_dtype="float32",
+               eagle_aux_hidden_state_layer_ids=aux_layers)
+    (out_dir / "config.json").write_text(json.dumps(cfg))
+    return out_dir

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from .conftest import hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, tiny_prompts
+from .conftest import hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, save_eagle3_draft, tiny_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +83,23 @@ def test_bf16_checkpoint_quantized_to_mxfp4_while_loading(tp, tiny_checkpoints, 
                    quantization="vllm_gptoss_mxfp4", tensor_parallel_size=tp)
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
+
+
+def test_eagle3_speculative_decoding_keeps_greedy_tokens(tiny_checkpoints, tmp_path):
+    """EAGLE-3 (as for nvidia's gpt-oss-120b Eagle3 heads): our model hands the draft head the hidden
+    states entering layers 1, 2 and 3; the head proposes 3 tokens a step and our model verifies them.
+    Greedy output must be exactly transformers' greedy output, and the counters must show drafting."""
+    cfg = json.loads((tiny_checkpoints["mxfp4"] / "config.json").read_text())
+    draft = save_eagle3_draft(tmp_path / "eagle3", cfg, aux_layers=[1, 2, 3])
+    prompts = tiny_prompts(4, seed=5)
+    out = run_vllm(tmp_path / "run", model=tiny_checkpoints["mxfp4"], dtype="float32", prompts=prompts,
+                   max_tokens=NEW_TOKENS, speculative_config={"method": "eagle3", "model": str(draft),
+                                                               "num_speculative_tokens": 3})
+    assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
+    assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
+    drafted = out["spec_decode"]["vllm:spec_decode_num_draft_tokens"]
+    print("spec decode counters:", out["spec_decode"])
+    assert drafted >= 3 * 4, out["spec_decode"]  # at least one 3-token proposal per request
 
 
 def _distance(a, b) -> tuple[float, float]:

