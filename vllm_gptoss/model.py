@@ -168,12 +168,18 @@ class GptOssModel(nn.Module, EagleModelMixin):
 class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
     """Registered for `"architectures": ["GptOssForCausalLM"]` in place of vLLM's built-in class."""
 
-    # vLLM reads these class attributes (LoRA / 3-D MoE weights, packed q/k/v).
+    # vLLM reads these class attributes (3-D MoE weights, packed q/k/v).
     is_3d_moe_weight = True
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
+        if vllm_config.lora_config is not None:
+            # vLLM's LoRA wraps every MoE layer in a modular-kernel LoRA layer our MoE method does not
+            # have; restricting LoRA to attention would ignore an adapter's expert weights silently.
+            raise ValueError(
+                "vllm-gptoss: LoRA (--enable-lora) is not supported by this plugin's gpt-oss model. "
+                "Set VLLM_GPTOSS_DISABLE=1 to serve with vLLM's built-in gpt-oss, which supports LoRA.")
         hf_config = vllm_config.model_config.hf_config
         self.args = GptOssArgs.from_hf_config(hf_config)
         self.config = hf_config

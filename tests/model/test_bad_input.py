@@ -149,3 +149,13 @@ def test_quantizing_bf16_experts_needs_whole_mxfp4_blocks(tmp_path):
                                      max_tokens=4, quantization="vllm_gptoss_mxfp4")
     assert "MXFP4 experts need intermediate_size to be a multiple of 32: config.json has 80" in output, \
         output[-3000:]
+
+
+@pytest.mark.slow
+def test_lora_refused_with_a_way_out(tiny_checkpoints, tmp_path):
+    """--enable-lora: our MoE method has no LoRA path, so the model refuses up front and names the
+    switch to vLLM's built-in class, instead of vLLM's "Old-style modular kernel not supported"."""
+    output = run_vllm_expect_failure(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="float32",
+                                     prompts=tiny_prompts(1), max_tokens=4, enable_lora=True)
+    assert "LoRA (--enable-lora) is not supported by this plugin's gpt-oss model" in output, output[-3000:]
+    assert "VLLM_GPTOSS_DISABLE=1" in output

