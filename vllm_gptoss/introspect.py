@@ -1,8 +1,8 @@
 """Which model class and MoE method a running vLLM engine actually uses.
 
 `LLM(...).apply_model(describe_model)` returns, per worker, the model class and the quantization
-method of every MoE layer, as "module:Class" strings, how many experts each rank holds and in how many layers (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 when
-the engine runs in another process).
+method of every MoE layer, as "module:Class" strings, how many experts each rank holds and in how
+many layers (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 when the engine runs in another process).
 """
 
 from __future__ import annotations

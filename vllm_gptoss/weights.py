@@ -221,13 +221,13 @@ class GptOssWeightLoader:
         elif leaf == "down_proj":  # bf16 [E, I, H] -> [E, H, I_local]
             t = t[:, lo:hi, :].transpose(1, 2)
         if quantized and leaf in ("gate_up_proj", "down_proj"):
-            return self._quantize_into(routed, layer_prefix, target, t, name)
+            return self._quantize_into(pname, t, name)
         _copy(param, t, name)
         return (pname,)
 
-    def _quantize_into(self, routed, layer_prefix: str, target: str, t: torch.Tensor, name: str) -> tuple[str, ...]:
-        """bf16 experts [E, N, K] -> MXFP4 blocks [E, N, K/2] and scales [E, N, K/32], per expert."""
-        base = f"{layer_prefix}.mlp.experts.routed_experts.{target}"
+    def _quantize_into(self, base: str, t: torch.Tensor, name: str) -> tuple[str, ...]:
+        """bf16 experts [E, N, K] -> MXFP4 blocks `base` [E, N, K/2] and scales `base`_scale [E, N, K/32],
+        one expert at a time on the parameters' device."""
         blocks_param, scales_param = self._param(base), self._param(base + "_scale")
         E, N, K = t.shape
         blocks = torch.empty(E, N, K // 2, dtype=torch.uint8, device=blocks_param.device)
