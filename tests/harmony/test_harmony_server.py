@@ -25,6 +25,7 @@ from harmony_live_server import LiveServer  # noqa: E402
 
 from vllm_gptoss.harmony.malformations import MALFORMATIONS, TOOLS, Malformation  # noqa: E402
 from vllm_gptoss.harmony.parser import RECOVERY_KINDS  # noqa: E402
+from vllm_gptoss.harmony.vllm_parsers import HARMONY_CONTROL_TEXT  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -197,6 +198,34 @@ def test_tool_choice_required_forces_a_call_the_model_would_not_make(server, cli
     assert forced["tool_calls"][0][0] == "get_weather"
     assert isinstance(json.loads(forced["tool_calls"][0][1])["city"], str)  # schema-constrained
     assert auto != forced
+
+
+def test_json_schema_final_message_never_runs_into_harmony_markup(server, client):
+    """response_format json_schema. The fixture cannot write good JSON (it never saw any), so its
+    string runs to max_tokens; with vLLM's own grammar it ran on into `<|end|><|start|>assistant...`
+    inside the "JSON" (the escape test_structured_output_seal.py proves at grammar level). With ours,
+    every token after the `<|constrain|>json<|message|>` header is JSON text: no control token, and
+    the content is exactly those tokens."""
+    from vllm_gptoss.harmony.parser import default_encoding
+
+    enc = default_encoding()[0]
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=server.served_name, temperature=0, max_tokens=96, logprobs=True,
+        messages=[{"role": "user", "content": corpus.SMOKE_QA[0][0]}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}},
+        extra_body={"return_tokens_as_token_ids": True})
+    ids = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
+    header = enc.encode("<|constrain|>json<|message|>", allowed_special="all")
+    start = next(i + len(header) for i in range(len(ids)) if ids[i: i + len(header)] == header)
+    body = ids[start:]
+    if r.choices[0].finish_reason == "stop":
+        body = body[:-1]  # the stop token
+    control = set(enc.encode("".join(HARMONY_CONTROL_TEXT), allowed_special="all"))
+    assert not control & set(body), enc.decode(ids)
+    assert r.choices[0].message.content == enc.decode(body)
+    assert re.match(r'\{\s*"city"\s*:\s*"', r.choices[0].message.content)
 
 
 # --- reasoning effort ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ its parsing with `parser.HarmonyStreamParser`:
 - ``process_chunk`` / ``flush`` feed the Responses API (`HarmonyContext`) with the same segments
   and completed messages the built-in produced, but repaired;
 - ``adjust_request`` resolves reasoning effort (effort.py) and rejects bad tool schemas with a 400,
-  then keeps vLLM's structural-tag handling (tool_choice required/named).
+  then keeps vLLM's structural-tag handling (tool_choice required/named, response_format) and
+  seals every JSON part of the tag against harmony control-token text (`seal_json_content`).
 
 Routing (chat completions): ``analysis`` -> ``reasoning``; ``final``, or ``commentary`` without a
 recipient -> ``content``; any ``functions.*`` recipient on any channel -> ``tool_calls``; built-in
@@ -22,6 +23,7 @@ The two manager-registered classes subclass vLLM's `GptOssReasoningParser` / `Gp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,6 +89,32 @@ def validate_tools(request: Any) -> None:
                 f"an object of named arguments); found type {kind!r}.",
                 parameter=where,
             )
+
+
+# Harmony's control tokens as text. xgrammar's TokenizerInfo sees no special tokens in o200k_harmony,
+# so it matches these by their characters, which a JSON string admits: a constrained final message
+# or tool call could run on as `{"a": "...<|end|><|start|>assistant...` and never close. Excluding
+# them from JSON content keeps every ordinary string (escapes included) and closes that door.
+HARMONY_CONTROL_TEXT = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                        "<|return|>", "<|call|>")
+
+
+def seal_json_content(structural_tag: str) -> str:
+    """An xgrammar structural tag (JSON) with HARMONY_CONTROL_TEXT excluded from every JSON part."""
+    tag = json.loads(structural_tag)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "json_schema" and "json_schema" in node:
+                node["excludes"] = sorted(set(node.get("excludes") or ()) | set(HARMONY_CONTROL_TEXT))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tag)
+    return json.dumps(tag)
 
 
 def _category(channel: str, recipient: str | None) -> str:
@@ -281,4 +309,8 @@ class HarmonyServingParser(HarmonyParser):
     def adjust_request(self, request):
         effort.apply(request)
         validate_tools(request)
-        return super().adjust_request(request)
+        request = super().adjust_request(request)
+        params = getattr(request, "structured_outputs", None)
+        if params is not None and getattr(params, "structural_tag", None):
+            params.structural_tag = seal_json_content(params.structural_tag)
+        return request
