@@ -106,15 +106,19 @@ def check_all_present(seen: set[str], expected: dict[str, Expected]) -> None:
         raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s): {shown}{more}")
 
 
-def _copy(param: torch.Tensor, src: torch.Tensor, name: str) -> None:
-    """Copy into the leading corner of `param` (the rest is padding and stays zero)."""
-    if src.dim() != param.dim() or any(s > p for s, p in zip(src.shape, param.shape)):
+def _corner(param: torch.Tensor, shape: tuple[int, ...], name: str) -> torch.Tensor:
+    """The leading corner of `param` a shard of `shape` fills; the rest is padding, zeroed here."""
+    if len(shape) != param.dim() or any(s > p for s, p in zip(shape, param.shape)):
         raise CheckpointError(
-            f"checkpoint tensor '{name}': shard of shape {list(src.shape)} does not fit parameter "
+            f"checkpoint tensor '{name}': shard of shape {list(shape)} does not fit parameter "
             f"{list(param.shape)}")
-    if tuple(src.shape) != tuple(param.shape):
+    if tuple(shape) != tuple(param.shape):
         param.data.zero_()
-    param.data[tuple(slice(0, s) for s in src.shape)].copy_(src.to(param.dtype))
+    return param.data[tuple(slice(0, s) for s in shape)]
+
+
+def _copy(param: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    _corner(param, tuple(src.shape), name).copy_(src.to(param.dtype))
 
 
 class GptOssWeightLoader:
@@ -230,11 +234,10 @@ class GptOssWeightLoader:
         one expert at a time on the parameters' device."""
         blocks_param, scales_param = self._param(base), self._param(base + "_scale")
         E, N, K = t.shape
-        blocks = torch.empty(E, N, K // 2, dtype=torch.uint8, device=blocks_param.device)
-        scales = torch.empty(E, N, K // MXFP4_BLOCK, dtype=torch.uint8, device=scales_param.device)
+        # written straight into the parameters: no second, all-experts staging copy
+        blocks = _corner(blocks_param, (E, N, K // 2), name)
+        scales = _corner(scales_param, (E, N, K // MXFP4_BLOCK), name)
         for e in range(E):
             b, sc = quantize(t[e].to(blocks_param.device, torch.float32))
             blocks[e], scales[e] = b.flatten(-2), sc
-        _copy(blocks_param, blocks, name)
-        _copy(scales_param, scales, name)
         return base, base + "_scale"
