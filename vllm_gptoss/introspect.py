@@ -2,7 +2,7 @@
 
 `LLM(...).apply_model(describe_model)` returns, per worker, the model class and the quantization
 method of every MoE layer, as "module:Class" strings, how many experts each rank holds and in how
-many layers (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 when the engine runs in another process).
+many layers, and which modules vLLM's torch.compile machinery took on (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1 when the engine runs in another process).
 """
 
 from __future__ import annotations
@@ -22,4 +22,28 @@ def describe_model(model) -> dict:
         "moe_methods": sorted({_qualname(m.quant_method) for m in routed}),
         "local_experts": sorted({m.local_num_experts for m in routed}),
         "moe_layers": len(routed),  # layers this rank holds (all of them unless pipeline parallel)
+        "compile": compile_state(model),
     }
+
+
+def compile_state(model) -> dict:
+    """vLLM's own compile bookkeeping, read back: every submodule that `@support_torch_compile`
+    decorated (it sets `do_not_compile`), whether vLLM compiles it (`do_not_compile` False, set from
+    the compilation mode at construction) and whether that has happened (`compiled`, set by the
+    first compiled forward of the warm-up), plus vLLM's and Dynamo's process-wide counters."""
+    from torch._dynamo.utils import counters
+    from vllm.compilation.counter import compilation_counter
+
+    modules = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "do_not_compile"):
+            modules[name or "."] = {"class": _qualname(m), "do_not_compile": bool(m.do_not_compile),
+                                    "compiled": bool(getattr(m, "compiled", False))}
+    return {"modules": modules,
+            "num_models_seen": compilation_counter.num_models_seen,
+            "num_graphs_seen": compilation_counter.num_graphs_seen,
+            "num_backend_compilations": compilation_counter.num_backend_compilations,
+            # Dynamo's own counters in this process: a graph break or a second graph (a
+            # recompilation, e.g. per batch size) would show here
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "unique_graphs": counters["stats"]["unique_graphs"]}

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.distributed import (get_pp_group, get_tensor_model_parallel_rank,
                               get_tensor_model_parallel_world_size)
@@ -128,14 +129,25 @@ class GptOssBlock(nn.Module):
         return self.mlp(x), residual
 
 
+# vLLM compiles (torch.compile + Inductor, and on GPUs piecewise CUDA graphs) only the modules that
+# carry this decorator, exactly as for its own GptOssModel: the same dynamic dimension (the number
+# of tokens, dim 0 of every tensor argument), so one graph serves every batch size. The MoE stays
+# one opaque op inside that graph (vLLM's MoE runner op, around our method's custom op), so the
+# data-dependent expert loop is never traced. The dimensions are spelled out because this module's
+# annotations are strings (`from __future__ import annotations`), which the decorator cannot infer from.
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "intermediate_tensors": 0,
+                                         "inputs_embeds": 0})
 class GptOssModel(nn.Module, EagleModelMixin):
     """Embedding, blocks, final norm. Under pipeline parallelism each rank builds only its own
     blocks (vLLM's `make_layers` split); the embedding lives on the first rank and the final norm on
     the last, so no rank holds a 1.2 GB table it never reads. For EAGLE-3 speculative decoding
     (`EagleModelMixin`) the forward also returns the hidden states (residual stream) entering the
-    layers vLLM asks for, which the draft model reads."""
+    layers vLLM asks for, which the draft model reads.
 
-    def __init__(self, args: GptOssArgs, vllm_config: VllmConfig, prefix: str = "model"):
+    Constructed with keywords only (`args=`, `vllm_config=`, `prefix=`): vLLM's compile decorator
+    wraps `__init__` and takes `vllm_config` and `prefix` by keyword."""
+
+    def __init__(self, *, args: GptOssArgs, vllm_config: VllmConfig, prefix: str = "model"):
         super().__init__()
         pp = get_pp_group()
         self.embed_tokens = (VocabParallelEmbedding(args.vocab_size, args.hidden_size)
@@ -148,7 +160,9 @@ class GptOssModel(nn.Module, EagleModelMixin):
         self.make_empty_intermediate_tensors = make_empty_intermediate_tensors_factory(
             ["hidden_states", "residual"], args.hidden_size)
 
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                intermediate_tensors: IntermediateTensors | None = None,
+                inputs_embeds: torch.Tensor | None = None):
         pp = get_pp_group()
         if pp.is_first_rank:
             x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -183,7 +197,7 @@ class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
         hf_config = vllm_config.model_config.hf_config
         self.args = GptOssArgs.from_hf_config(hf_config)
         self.config = hf_config
-        self.model = GptOssModel(self.args, vllm_config, prefix="model")
+        self.model = GptOssModel(args=self.args, vllm_config=vllm_config, prefix="model")
         self.lm_head = (ParallelLMHead(self.args.vocab_size, self.args.hidden_size, prefix="lm_head")
                         if get_pp_group().is_last_rank else PPMissingLayer())
         self.logits_processor = LogitsProcessor(self.args.vocab_size)

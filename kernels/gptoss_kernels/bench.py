@@ -17,7 +17,8 @@ Stages, in this order (each prints as it goes; the summary table is printed last
      against a torch bf16 path on pre-dequantized weights (run eagerly, with the routing plan
      read on the host before timing), the "bf16 floor" (the touched experts' bf16 bytes at the
      measured copy bandwidth: no bf16 path can be faster), and percentages of the ceilings.
-Env: GPTOSS_KERNELS_FAST_DEQUANT=0 turns off the inline-PTX dequantization of the default configs.
+Env: GPTOSS_KERNELS_FAST_DEQUANT=0 turns off the inline-PTX dequantization of the default configs
+(=fma: the sm_80 fma.rn.bf16x2 sequence on any sm_80+ GPU; capability.py).
 Exit status 1 if a correctness check fails.
 """
 
@@ -36,6 +37,7 @@ import traceback
 import torch
 
 from . import moe as moe_mod
+from .capability import device_capability
 from .moe import TileConfig, fused_moe, prepare_moe_weights, route
 from .mxfp4 import dequantize
 from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT, moe_reference
@@ -318,9 +320,9 @@ def bench_point(name, T, experts, prepared, baseline, ceil, reps, flush, config=
            "weight_bytes": wbytes, "GBps": gbps, "TFLOPs": tflops, "speedup_vs_torch": t_base / t_fused,
            "pct_bandwidth": 100 * gbps / ceil["bandwidth_GBps"],
            "pct_matmul": 100 * tflops / ceil["bf16_matmul_TFLOPs"],
-           "config": (config or moe_mod.pick_config(T, k, E)).__dict__}
+           "config": (config or moe_mod.pick_config(T, k, E, torch.bfloat16, device_capability(torch.device(DEV)))).__dict__}
     if validate:
-        errs = validate_point(name, T, experts, config or moe_mod.pick_config(T, k, E), data, fused_fns)
+        errs = validate_point(name, T, experts, config or moe_mod.pick_config(T, k, E, torch.bfloat16, device_capability(torch.device(DEV))), data, fused_fns)
         row["validate_max_rel_err"] = max(errs)
     del fused_fns, base_fns
     return row
@@ -520,7 +522,7 @@ def print_table(results):
             f"{r['GBps']:>6.0f} {r['pct_bandwidth']:>4.0f} {r['TFLOPs']:>6.1f} {r['pct_matmul']:>4.0f} "
             f"{cfg['block_m']:>3}x{cfg['block_n']}x{cfg['block_k']}w{cfg['num_warps']}s{cfg['num_stages']}"
             f"{'S' if cfg['swap_ab'] else ''}{'k%d' % cfg['split_k'] if cfg['split_k'] > 1 else ''}"
-            f"{'F' if cfg.get('fast_dequant') else ''}")
+            f"{'F%d' % cfg['dequant'] if cfg.get('dequant') else ''}")
     for r in results.get("breakdown", []):
         log(f"breakdown T={r['T']}: align {r['align_us']:.1f} gemm1 {r['gemm1_us']:.1f} gemm2 {r['gemm2_us']:.1f} "
             f"cast {r['cast_us']:.1f} total {r['total_us']:.1f} us")

@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from .capability import DEQUANT_PLAIN, device_capability, kernel_variant
 from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
 _MXFP4_BLOCK = 32
@@ -204,23 +205,29 @@ class TileConfig:
     group_m: int = 8
     swap_ab: bool = False  # compute (w @ x^T)^T: weights as the MMA's left operand
     split_k: int = 1  # GEMM2 only: K ranges per output tile, summed by the same atomic add
-    fast_dequant: bool = False  # bf16 on CUDA: inline-PTX E2M1 -> bf16x2 on packed bytes
+    # E2M1 dequantization (capability.DEQUANT_*): plain, or inline PTX on bf16x2 (sm_90: mul,
+    # sm_80..89: fma); chosen per device and dtype by capability.kernel_variant
+    dequant: int = DEQUANT_PLAIN
 
 
-def pick_config(num_tokens: int, top_k: int, num_experts: int) -> TileConfig:
-    """Tile shapes by the expected rows per expert (T * top_k / E), a function of shapes only.
+def pick_config(num_tokens: int, top_k: int, num_experts: int, dtype: torch.dtype = torch.bfloat16,
+                capability: tuple[int, int] | None = None) -> TileConfig:
+    """The tile shapes and dequantization `fused_moe` launches for these shapes on a GPU of
+    `capability` (None: Triton's interpreter) with activations of `dtype`.
 
-    Decode (a handful of rows per expert) is bound by reading weights: narrow row blocks (16, the
-    smallest tl.dot) and narrow column tiles so that even 4 active experts spread over all SMs
-    (120b GEMM1 at T=1: 4 experts x 5760/64 = 360 programs). Prefill is bound by the matrix units:
-    wide tiles to reuse each dequantized weight tile over many rows.
+    Tiles go by the expected rows per expert (T * top_k / E), a function of shapes only. Decode (a
+    handful of rows per expert) is bound by reading weights: narrow row blocks (16, the smallest
+    tl.dot) and narrow column tiles so that even 4 active experts spread over all SMs (120b GEMM1 at
+    T=1: 4 experts x 5760/64 = 360 programs). Prefill is bound by the matrix units: wide tiles to
+    reuse each dequantized weight tile over many rows. The dequantization is capability.py's rule
+    (inline PTX for bf16 on sm_80+: on an H200 it took 120b T=1 from 88.2 to 78.7 us and T=8192 from
+    207 to 270 TFLOP/s); raises for a GPU/dtype the kernels do not support, with the reason.
     """
+    variant = kernel_variant(None if _interpreting() else capability, dtype)
+    if not variant.supported:
+        raise RuntimeError(f"gptoss_kernels: {variant.reason}")
     rows = -(-num_tokens * top_k // max(1, num_experts))
-    # inline-PTX dequantization (bf16 on CUDA only; the kernels ignore it elsewhere): on an H200 it
-    # took 120b T=1 from 88.2 to 78.7 us and T=8192 from 207 to 270 TFLOP/s, checked against the
-    # reference at every T of the sweep. GPTOSS_KERNELS_FAST_DEQUANT=0 turns it off.
-    fast = os.environ.get("GPTOSS_KERNELS_FAST_DEQUANT", "1") != "0"
-    return dataclasses.replace(_pick_config(rows, num_tokens * top_k), fast_dequant=fast)
+    return dataclasses.replace(_pick_config(rows, num_tokens * top_k), dequant=variant.dequant)
 
 
 def _pick_config(rows: int, slots: int) -> TileConfig:
@@ -289,7 +296,10 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
                 f"{out.dtype} on {out.device}")
     if T == 0:
         return out if out is not None else torch.empty(0, H, dtype=out_dtype, device=x.device)
-    cfg = config or pick_config(T, top_k, E)
+    cfg = config or pick_config(T, top_k, E, x.dtype, device_capability(x.device))
+    if cfg.dequant != DEQUANT_PLAIN and (x.dtype != torch.bfloat16 or _interpreting()):
+        raise ValueError(f"config: inline-PTX dequantization ({cfg.dequant}) needs bf16 activations on a "
+                         f"GPU, found {x.dtype}{' in the interpreter' if _interpreting() else ''}")
     bm = cfg.block_m
 
     x = x if x.stride(-1) == 1 else x.contiguous()
@@ -305,7 +315,6 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     act_dtype = x.dtype
     act = torch.empty(max_blocks * bm, I, dtype=act_dtype, device=x.device)
     dot = _dot_kind(x.dtype)
-    fast = cfg.fast_dequant and dot == tk.DOT_BF16 and not _interpreting()
     w = prepared
     b13 = w.w13_bias if w.w13_bias is not None else w.w13_scales  # dummy pointer when HAS_BIAS=False
     b2 = w.w2_bias if w.w2_bias is not None else w.w2_scales
@@ -318,7 +327,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         b13.stride(0), act.stride(0), float(alpha), float(limit),
         TOPK=top_k, HAS_BIAS=w.w13_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        EVEN_K=H % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, FAST_DEQUANT=fast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_K=H % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, DEQUANT=cfg.dequant, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 2:
         return acc
     grid2 = (max_blocks * triton_cdiv(H, cfg.block_n), cfg.split_k)
@@ -329,7 +338,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         b2.stride(0), acc.stride(0),
         TOPK=top_k, HAS_BIAS=w.w2_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        EVEN_K=I % cfg.block_k == 0 and cfg.split_k == 1, SWAP_AB=cfg.swap_ab, SPLIT_K=cfg.split_k, FAST_DEQUANT=fast, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_K=I % cfg.block_k == 0 and cfg.split_k == 1, SWAP_AB=cfg.swap_ab, SPLIT_K=cfg.split_k, DEQUANT=cfg.dequant, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 3:
         return acc
     if out is not None:

@@ -136,39 +136,58 @@ def _mxfp4_tile(wb, sc, BN: tl.constexpr, BK: tl.constexpr):
 # byte 1 to bytes 1 and 3 of a word, so each byte's high nibble sits at bits 12..15 / 28..31, the
 # sign + exponent-msb position of a bf16 pair: (q & 0x80008000) | ((q & 0x70007000) >> 6) is then
 # E2M1 * 2**-126 in bf16 (the 0.5 code lands on a bf16 subnormal, which bf16 arithmetic keeps).
-# The low nibbles get there after q << 4. Two exact bf16x2 multiplies apply 2**126 and the scale.
-_E2M1X8_ASM = tl.constexpr("""
+# The low nibbles get there after q << 4. Two exact bf16x2 products apply 2**126 and the scale.
+# The product is written once, as {MUL}: `mul.rn.bf16x2 d, a, b` exists from sm_90 on; sm_80..89
+# have only the bf16x2 FMA, so there it is `fma.rn.bf16x2 d, a, b, -0.0` (the same value: adding
+# -0.0 changes no product, and keeps the sign of a zero one). capability.py says which runs where.
+_E2M1X8_TEMPLATE = """
 {
-.reg .b32 q, u, t, r, c;
+.reg .b32 q, u, t, r, c, z;
 mov.b32 c, 0x7E807E80;
+mov.b32 z, 0x80008000;
 prmt.b32 q, $4, 0, 0x1404;
 and.b32 t, q, 0x80008000; and.b32 r, q, 0x70007000; shr.b32 r, r, 6; or.b32 r, r, t;
-mul.rn.bf16x2 r, r, c; mul.rn.bf16x2 $2, r, $5;
+{MUL(r, r, c)} {MUL($2, r, $5)}
 shl.b32 u, q, 4;
 and.b32 t, u, 0x80008000; and.b32 r, u, 0x70007000; shr.b32 r, r, 6; or.b32 r, r, t;
-mul.rn.bf16x2 r, r, c; mul.rn.bf16x2 $0, r, $5;
+{MUL(r, r, c)} {MUL($0, r, $5)}
 prmt.b32 q, $4, 0, 0x3424;
 and.b32 t, q, 0x80008000; and.b32 r, q, 0x70007000; shr.b32 r, r, 6; or.b32 r, r, t;
-mul.rn.bf16x2 r, r, c; mul.rn.bf16x2 $3, r, $6;
+{MUL(r, r, c)} {MUL($3, r, $6)}
 shl.b32 u, q, 4;
 and.b32 t, u, 0x80008000; and.b32 r, u, 0x70007000; shr.b32 r, r, 6; or.b32 r, r, t;
-mul.rn.bf16x2 r, r, c; mul.rn.bf16x2 $1, r, $6;
+{MUL(r, r, c)} {MUL($1, r, $6)}
 }
-""")
+"""
+
+
+def _e2m1x8_asm(product) -> str:
+    import re
+
+    return re.sub(r"\{MUL\((\S+), (\S+), (\S+)\)\}", lambda m: product(*m.groups()), _E2M1X8_TEMPLATE)
+
+
+_E2M1X8_ASM_MUL = tl.constexpr(_e2m1x8_asm(lambda d, a, b: f"mul.rn.bf16x2 {d}, {a}, {b};"))
+_E2M1X8_ASM_FMA = tl.constexpr(_e2m1x8_asm(lambda d, a, b: f"fma.rn.bf16x2 {d}, {a}, {b}, z;"))
 
 
 @triton.jit
-def _mxfp4_tile_bf16_asm(wb, sc, BN: tl.constexpr, BK: tl.constexpr):
-    """GPU-only (inline PTX, sm_90) version of `_mxfp4_tile` that returns bf16 [BN, BK] directly,
-    working on packed bytes: about 3.5 instructions per element instead of about 10. Exact for
-    every scale byte except 255 (NaN in the OCP spec; gives inf here). The interpreter cannot run
-    inline PTX: the bit logic was checked against `dequantize` for sampled bytes and scales in
-    numpy, and the kernel against `moe_reference` on an H200 (BENCHMARKS.md)."""
+def _mxfp4_tile_bf16_asm(wb, sc, BN: tl.constexpr, BK: tl.constexpr, USE_FMA: tl.constexpr):
+    """GPU-only (inline PTX: sm_90+, or sm_80+ with USE_FMA) version of `_mxfp4_tile` that returns
+    bf16 [BN, BK] directly, working on packed bytes: about 3.5 instructions per element instead of
+    about 10. Exact for every scale byte except 255 (NaN in the OCP spec; gives inf here). The
+    interpreter cannot run inline PTX: tests/kernels/test_dequant_bits.py replays the bit logic in
+    numpy against `dequantize` for every byte and scale, and the kernel was checked against
+    `moe_reference` on an H200 (BENCHMARKS.md)."""
     s = sc.to(tl.int32)
     sbits = tl.where(s == 0, 0x40, s << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)  # 2**(s-127)
     sbits = tl.reshape(tl.broadcast_to(sbits[:, :, None], [BN, BK // 32, 16]), [BN, BK // 2])
-    lo, hi = tl.inline_asm_elementwise(_E2M1X8_ASM, "=r,=r,=r,=r,r,r,r", [wb, sbits],
-                                       dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    if USE_FMA:
+        lo, hi = tl.inline_asm_elementwise(_E2M1X8_ASM_FMA, "=r,=r,=r,=r,r,r,r", [wb, sbits],
+                                           dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    else:
+        lo, hi = tl.inline_asm_elementwise(_E2M1X8_ASM_MUL, "=r,=r,=r,=r,r,r,r", [wb, sbits],
+                                           dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     return tl.reshape(tl.join(lo, hi), [BN, BK])
 
 
@@ -216,7 +235,7 @@ def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_pt
                   TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  FAST_DEQUANT: tl.constexpr):
+                  DEQUANT: tl.constexpr):
     """y[row, :N/2] = swiglu(x[token(row)] @ w13[e]^T + b13[e]) for the rows of one expert block.
 
     N = 2I (rows of w13, gate/up interleaved), K = H. Rows are in the aligned (sorted) order.
@@ -255,8 +274,8 @@ def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_pt
                              mask=n_ok[:, None] & ((k0 // 2 + offs_kb) < K // 2)[None, :], other=0)
                 sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :],
                              mask=n_ok[:, None] & ((k0 // 32 + offs_ks) < K // 32)[None, :], other=127)
-            if FAST_DEQUANT:
-                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K)
+            if DEQUANT != 0:  # 1: mul.rn.bf16x2 (sm_90+), 2: fma.rn.bf16x2 (sm_80+); capability.py
+                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K, DEQUANT == 2)
             else:
                 w = _mxfp4_tile(wb, sc, BLOCK_N, BLOCK_K)
             if SWAP_AB:
@@ -283,7 +302,7 @@ def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block
                   TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  SPLIT_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+                  SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr):
     """out[token(row)] += topk_w[slot(row)] * (y[row] @ w2[e]^T + b2[e]); N = H, K = I.
 
     SPLIT_K > 1 (decode): program_id(1) takes one K range; the partial products are linear in y, so
@@ -328,8 +347,8 @@ def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block
                              mask=n_ok[:, None] & ((k0 // 2 + offs_kb) < k_end // 2)[None, :], other=0)
                 sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :],
                              mask=n_ok[:, None] & ((k0 // 32 + offs_ks) < k_end // 32)[None, :], other=127)
-            if FAST_DEQUANT:
-                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K)
+            if DEQUANT != 0:  # 1: mul.rn.bf16x2 (sm_90+), 2: fma.rn.bf16x2 (sm_80+); capability.py
+                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K, DEQUANT == 2)
             else:
                 w = _mxfp4_tile(wb, sc, BLOCK_N, BLOCK_K)
             if SWAP_AB:

