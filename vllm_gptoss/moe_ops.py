@@ -1,9 +1,14 @@
-"""The two ways our MXFP4 method runs the experts, behind one small interface.
+"""The three ways our MXFP4 method runs the experts, behind one small interface.
 
 - `torch_moe`: `gptoss_kernels.moe_reference` (one expert dequantized at a time, float32 math),
   registered as a torch custom op so that vLLM's torch.compile on the CPU treats it as one opaque
   call instead of tracing its data-dependent loop over experts.
 - `triton_moe`: `gptoss_kernels.fused_moe` on weights repacked once by `prepare_moe_weights`.
+- `cpu_native_moe`: the native C++ kernel of `gptoss_kernels.cpu` (whole MoE in one call, MXFP4
+  dequantized in registers), on the CPU when it builds; `VLLM_GPTOSS_CPU_NATIVE=0` switches it off.
+  It is compiled once per machine into `$VLLM_GPTOSS_CACHE/native/<key>` (default
+  ~/.cache/vllm-gptoss), under a file lock so concurrent workers never race. Without a compiler (or
+  if the build fails) one warning names what is missing and the torch path runs, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from gptoss_kernels.reference import moe_reference
 logger = logging.getLogger(__name__)
 
 USE_TRITON_ENV = "VLLM_GPTOSS_TRITON_MOE"  # "0" forces the torch path on CUDA
+CPU_NATIVE_ENV = "VLLM_GPTOSS_CPU_NATIVE"  # "0" forces the torch path on the CPU
 
 
 @torch.library.custom_op("vllm_gptoss::moe_torch", mutates_args=())
@@ -44,12 +50,36 @@ def _triton_wanted(device: torch.device) -> bool:
     return True
 
 
+def triton_min_capability() -> int:
+    """The lowest compute capability (as vLLM writes it: 75 for sm_75) our MXFP4 method can serve
+    on: the fused kernels' minimum (gptoss_kernels.capability), or vLLM's own floor (70) when
+    VLLM_GPTOSS_TRITON_MOE=0 selects the torch path, which runs on any CUDA GPU."""
+    if os.environ.get(USE_TRITON_ENV, "1") == "0":
+        return 70
+    from gptoss_kernels.capability import MIN_CAPABILITY
+
+    return MIN_CAPABILITY[0] * 10 + MIN_CAPABILITY[1]
+
+
+def check_triton_supported(device: torch.device, dtype: torch.dtype) -> None:
+    """Stop loading, naming the GPU and the ways out, where the fused kernels cannot run this
+    dtype (gptoss_kernels.capability: the same rule `fused_moe` launches by)."""
+    from gptoss_kernels.capability import device_capability, kernel_variant
+
+    variant = kernel_variant(device_capability(device), dtype)
+    if not variant.supported:
+        raise ValueError(
+            f"vllm-gptoss: {torch.cuda.get_device_name(device)}: {variant.reason}. Other ways out: "
+            f"{USE_TRITON_ENV}=0 (our torch MXFP4 path, slow) or VLLM_GPTOSS_DISABLE=1 (vLLM's own gpt-oss).")
+
+
 def maybe_prepare_triton(layer):
     """Repack the layer's MXFP4 experts for the Triton kernels, or None for the torch path."""
     if not _triton_wanted(layer.w13_weight.device):
         return None
     import gptoss_kernels
 
+    check_triton_supported(layer.w13_weight.device, layer.moe_config.in_dtype)
     prepared = gptoss_kernels.prepare_moe_weights(
         layer.w13_weight, layer.w13_weight_scale, layer.w13_bias,
         layer.w2_weight, layer.w2_weight_scale, layer.w2_bias)
@@ -61,3 +91,69 @@ def triton_moe(x, topk_weights, topk_ids, prepared, alpha: float, limit: float) 
     import gptoss_kernels
 
     return gptoss_kernels.fused_moe(x, topk_weights, topk_ids, prepared, alpha=alpha, limit=limit)
+
+
+# ------------------------------------------------------------------------------ native CPU kernel
+_native = None          # gptoss_kernels.cpu.NativeMoE once loaded in this process
+_native_error = None    # why it is unavailable (warned once)
+
+
+def native_cache_root() -> str:
+    base = os.environ.get("VLLM_GPTOSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vllm-gptoss")
+    return os.path.join(base, "native")
+
+
+def cpu_native_kernel():
+    """The native CPU MoE kernel (built on first use, once per machine), or None after one warning."""
+    global _native, _native_error
+    if _native is not None or _native_error is not None:
+        return _native
+    from gptoss_kernels import cpu as native_cpu
+
+    try:
+        _native = native_cpu.load(native_cache_root())
+    except native_cpu.NativeUnavailable as e:
+        _native_error = str(e)
+        logger.warning("vllm-gptoss: the native CPU MoE kernel is not available: %s. The MXFP4 experts run "
+                       "on the torch path instead (correct, much slower). %s=0 selects it without this "
+                       "warning.", e, CPU_NATIVE_ENV)
+        return None
+    logger.info("vllm-gptoss: native CPU MoE kernel loaded (%s path, %s)", _native.isa, _native.path)
+    return _native
+
+
+class CpuNativeWeights:
+    """What the native kernel needs beyond the layer's MXFP4 parameters: float32 biases (a few MB;
+    the experts themselves are used in place, in the checkpoint layout, never copied)."""
+
+    def __init__(self, layer):
+        self.w13_bias = layer.w13_bias.detach().to(torch.float32).contiguous()
+        self.w2_bias = layer.w2_bias.detach().to(torch.float32).contiguous()
+
+
+def maybe_prepare_cpu_native(layer):
+    """CpuNativeWeights when the layer's experts are on the CPU and the native kernel is usable, else None."""
+    if layer.w13_weight.device.type != "cpu" or os.environ.get(CPU_NATIVE_ENV, "1") == "0":
+        return None
+    if cpu_native_kernel() is None:
+        return None
+    for name in ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale"):
+        if not getattr(layer, name).is_contiguous():
+            raise ValueError(f"vllm-gptoss: MoE parameter {name} is not contiguous; the native CPU kernel reads it in place")
+    return CpuNativeWeights(layer)
+
+
+@torch.library.custom_op("vllm_gptoss::moe_cpu_native", mutates_args=())
+def cpu_native_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                   w13: torch.Tensor, w13_scale: torch.Tensor, w13_bias: torch.Tensor,
+                   w2: torch.Tensor, w2_scale: torch.Tensor, w2_bias: torch.Tensor,
+                   alpha: float, limit: float) -> torch.Tensor:
+    native = cpu_native_kernel()
+    if native is None:
+        raise RuntimeError(f"the native CPU MoE kernel is not available: {_native_error}")
+    return native.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
+
+
+@cpu_native_moe.register_fake
+def _(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit):
+    return torch.empty_like(x)

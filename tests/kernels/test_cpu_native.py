@@ -1,0 +1,292 @@
+"""The native CPU MoE kernel (gptoss_kernels/cpu) against the float32 torch reference `moe_reference`.
+
+Fresh random MXFP4 experts every case (uniform random bytes: all 16 E2M1 codes, checked), E8M0 scales
+at both extremes, biases, T in {1, 3, 17, 64, 257}, a number of experts that is not a power of two,
+top-1 and top-4, about 20% of ids -1 (experts of other ranks), outputs NaN-poisoned before each call.
+
+Error bounds (relative L2 over the whole output, and elementwise):
+- float32 activations: float32 math on exactly dequantized weights, as the reference, summed in
+  another order: rel. L2 <= 1e-5, |diff| <= 1e-4 * max|ref| (measured ~3e-7).
+- bfloat16 activations (AVX512_BF16 path where the CPU has it, else converted to float32): exact
+  bf16 weights x bf16 activations, float32 sums; the SwiGLU output is rounded to bf16 before the down
+  projection and the output to bf16, so rel. L2 <= 1e-2 (measured ~2e-3 to 3e-3), as the GPU kernels.
+"""
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import gptoss_kernels as gk
+from gptoss_kernels import cpu as native_cpu
+from gptoss_kernels.mxfp4 import dequantize, unpack_codes
+
+BOUNDS = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def _load(root, march):
+    try:
+        return native_cpu.load(root, march=march)
+    except native_cpu.NativeUnavailable as e:  # this suite's machines have g++: a failure is a bug
+        pytest.fail(f"native kernel did not build: {e}")
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("native")
+
+
+@pytest.fixture(scope="module")
+def native(cache_root):
+    return _load(cache_root / "native", "native")
+
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+# -march=native: the best path of this CPU (AVX512_BF16 here); x86-64-v3: the AVX2 path; x86-64: scalar
+@pytest.fixture(scope="module", params=["native", "x86-64-v3", "x86-64"])
+def any_isa(request, cache_root):
+    if request.param != "native" and not X86:
+        pytest.skip("the AVX2 and scalar builds are x86 -march values")
+    n = _load(cache_root / "native", request.param)
+    if request.param == "x86-64-v3":
+        assert n.isa == "avx2"
+    elif request.param == "x86-64":
+        assert n.isa == "scalar"
+    return n
+
+
+def _experts(E, H, I, g, scale_lo=118, scale_hi=124):
+    return dict(
+        w13=torch.randint(0, 256, (E, 2 * I, H // 2), dtype=torch.uint8, generator=g),
+        s13=torch.randint(scale_lo, scale_hi, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g),
+        b13=torch.randn(E, 2 * I, generator=g) * 0.3,
+        w2=torch.randint(0, 256, (E, H, I // 2), dtype=torch.uint8, generator=g),
+        s2=torch.randint(scale_lo, scale_hi, (E, H, I // 32), dtype=torch.uint8, generator=g),
+        b2=torch.randn(E, H, generator=g) * 0.3,
+    )
+
+
+def _routing(T, E, k, g, drop=0.2):
+    w, ids = gk.route_reference(torch.randn(T, E, generator=g), k)
+    ids = torch.where(torch.rand(T, k, generator=g) < drop, torch.full_like(ids, -1), ids)
+    return w, ids
+
+
+def _check(native, x, w, ids, p, bound, biases=True):
+    b13, b2 = (p["b13"], p["b2"]) if biases else (None, None)
+    want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], b13, p["w2"], p["s2"], b2)
+    assert torch.isfinite(want).all() and want.float().std() > 0
+    out = torch.full_like(x, float("nan"))  # poisoned: every element must be written
+    got = native.moe(x, w, ids, p["w13"], p["s13"], b13, p["w2"], p["s2"], b2, 1.702, 7.0, out=out)
+    assert got.data_ptr() == out.data_ptr() and got.dtype == x.dtype
+    assert torch.isfinite(got).all()
+    err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+    assert err <= bound, f"relative L2 error {err:.2e} above {bound:.0e}"
+    tol = 1e-4 if x.dtype == torch.float32 else 0.1
+    assert (got.float() - want.float()).abs().max() <= tol * want.float().abs().max()
+    # rows whose ids are all -1 are exactly zero, like the reference
+    dead = (ids < 0).all(dim=1)
+    assert (got[dead] == 0).all()
+    return err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,k", [(1, 4), (3, 1), (3, 4), (17, 4), (64, 4), (257, 1), (257, 4)])
+def test_matches_reference(native, dtype, T, k):
+    E, H, I = 7, 128, 96  # E not a power of two; 2I = 192 rows = 6 tiles of 32
+    g = torch.Generator().manual_seed(1000 * T + k + (dtype == torch.bfloat16))
+    p = _experts(E, H, I, g)
+    codes = torch.cat([unpack_codes(p["w13"].unflatten(-1, (-1, 16))).flatten(),
+                       unpack_codes(p["w2"].unflatten(-1, (-1, 16))).flatten()])
+    assert torch.unique(codes).numel() == 16  # every E2M1 code, both zeros included
+    # x * 4: pre-activations of std ~4, so both SwiGLU clamps (gate <= 7, |up| <= 7) are active
+    x = (torch.randn(T, H, generator=g) * 4).to(dtype)
+    w, ids = _routing(T, E, k, g)
+    if T >= 17:
+        h = x.float() @ dequantize(p["w13"][0], p["s13"][0]).t() + p["b13"][0]
+        assert (h[:, 0::2] > 7).any() and (h[:, 1::2].abs() > 7).any()
+    _check(native, x, w, ids, p, BOUNDS[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,k", [(1, 4), (17, 4)])
+def test_every_isa_matches_reference(any_isa, dtype, T, k):
+    """The AVX2 and scalar builds too (bf16 activations run their float32 path)."""
+    E, H, I = 5, 96, 64
+    g = torch.Generator().manual_seed(77 + T)
+    p = _experts(E, H, I, g)
+    x = (torch.randn(T, H, generator=g) * 4).to(dtype)
+    w, ids = _routing(T, E, k, g)
+    _check(any_isa, x, w, ids, p, BOUNDS[dtype])
+
+
+def test_no_biases(native):
+    g = torch.Generator().manual_seed(7)
+    p = _experts(5, 64, 64, g)
+    x = torch.randn(9, 64, generator=g)
+    w, ids = _routing(9, 5, 2, g)
+    _check(native, x, w, ids, p, BOUNDS[torch.float32], biases=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [3, 40])  # 40 tokens on 3 experts: the bf16 tile-scratch path is tried too
+def test_extreme_scales(any_isa, dtype, T):
+    """E8M0 scales 0 (2^-127, subnormal), 1, 253 and 254 (2^127) on whole block columns of w13; the
+    activations of those columns are scaled by the inverse so every product is O(1) and finite.
+    At 2^127 only E2M1 magnitudes <= 1.5 are used (2 * 2^127 overflows float32 in any kernel)."""
+    E, H, I, k = 3, 256, 64, 2
+    g = torch.Generator().manual_seed(11 + T)
+    p = _experts(E, H, I, g)
+    x = torch.randn(T, H, generator=g)
+    for col, s, xs in ((1, 0, 2.0 ** 126), (3, 1, 2.0 ** 125), (5, 253, 2.0 ** -125), (6, 254, 2.0 ** -126)):
+        p["s13"][:, :, col] = s
+        if s >= 253:
+            blk = p["w13"][:, :, col * 16:(col + 1) * 16]
+            p["w13"][:, :, col * 16:(col + 1) * 16] = blk & 0xBB  # magnitude bits 0-1 only: |v| <= 1.5
+        # magnitudes in [1, 2) times the factor: normal numbers in float32 and bf16 alike
+        mag = 1 + torch.rand(T, 32, generator=g)
+        sign = torch.where(torch.rand(T, 32, generator=g) < 0.5, -1.0, 1.0)
+        x[:, col * 32:(col + 1) * 32] = sign * mag * xs
+    x = x.to(dtype)
+    w, ids = _routing(T, E, k, g, drop=0.0)
+    err = _check(any_isa, x, w, ids, p, BOUNDS[dtype])
+    # the extreme columns matter: dropping them changes the result far beyond the bound
+    p2 = {n: t.clone() for n, t in p.items()}
+    p2["w13"][:, :, 16:32] = 0
+    want2 = gk.moe_reference(x, w, ids, p2["w13"], p2["s13"], p2["b13"], p2["w2"], p2["s2"], p2["b2"])
+    want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
+    assert ((want2.float() - want.float()).norm() / want.float().norm()).item() > 100 * max(err, 1e-6)
+
+
+def test_deterministic_across_thread_counts(native):
+    g = torch.Generator().manual_seed(3)
+    p = _experts(6, 96, 64, g)
+    x = torch.randn(33, 96, generator=g).to(torch.bfloat16)
+    w, ids = _routing(33, 6, 4, g)
+    args = (x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.moe(*args)
+        torch.set_num_threads(2)
+        two = native.moe(*args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each output element has one owner and a fixed summation order
+
+
+def test_bad_input_named(native):
+    g = torch.Generator().manual_seed(5)
+    p = _experts(4, 64, 64, g)
+    x = torch.randn(2, 64, generator=g)
+    w, ids = _routing(2, 4, 2, g, drop=0)
+    args = [x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0]
+    bad = ids.clone()
+    bad[1, 0] = 4
+    with pytest.raises(ValueError, match=r"topk_ids: expert id 4 outside \[-1, 4\)"):
+        native.moe(x, w, bad, *args[3:])
+    with pytest.raises(TypeError, match="w2_scale: expected dtype torch.uint8"):
+        native.moe(*args[:7], p["s2"].float(), *args[8:])
+    with pytest.raises(ValueError, match="w13_bias: expected shape"):
+        native.moe(*args[:5], p["b13"][:, :-1], *args[6:])
+
+
+# ------------------------------------------------------------------------------ build and wiring
+_BUILD_SCRIPT = """
+import sys, torch
+from gptoss_kernels import cpu
+n = cpu.load(sys.argv[1])
+print("BUILT" if n.built_here else "LOADED", n.path)
+"""
+
+
+def test_built_once_by_concurrent_processes(tmp_path):
+    """Two processes starting together on an empty cache: one compiles, the other waits on the lock
+    and loads that library."""
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(o[0] for o in outs) == ["BUILT", "LOADED"]
+    assert outs[0][1] == outs[1][1]
+    libs = list(tmp_path.glob("*/gptoss_moe_cpu.so"))
+    assert len(libs) == 1 and (libs[0].parent / "build.log").exists()
+    # a third process finds it built
+    third = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                           env=env, check=True)
+    assert third.stdout.startswith("LOADED")
+
+
+def _layer(E, H, I, g, expert_map=None):
+    p = _experts(E, H, I, g)
+    return SimpleNamespace(w13_weight=p["w13"], w13_weight_scale=p["s13"], w13_bias=p["b13"].to(torch.bfloat16),
+                           w2_weight=p["w2"], w2_weight_scale=p["s2"], w2_bias=p["b2"].to(torch.bfloat16),
+                           expert_map=expert_map, swiglu_alpha=1.702, swiglu_limit=7.0)
+
+
+@pytest.mark.parametrize("use_ep", [False, True])
+def test_method_uses_native_kernel_on_cpu(use_ep, monkeypatch, cache_root):
+    from vllm_gptoss import moe_ops
+    from vllm_gptoss.mxfp4_method import GptOssMxfp4MoEMethod
+
+    monkeypatch.setenv("VLLM_GPTOSS_CACHE", str(cache_root))  # the plugin adds "native/"
+    monkeypatch.setattr(moe_ops, "_native", None)
+    monkeypatch.setattr(moe_ops, "_native_error", None)
+    g = torch.Generator().manual_seed(21)
+    emap = torch.tensor([-1, -1, 0, 1, 2], dtype=torch.int32) if use_ep else None
+    layer = _layer(3 if use_ep else 5, 96, 64, g, emap)
+    method = GptOssMxfp4MoEMethod(moe=None)
+    method.process_weights_after_loading(layer)
+    assert method.prepared is None and method.cpu_native is not None
+    assert str(moe_ops._native.path).startswith(str(cache_root / "native"))
+    x = torch.randn(11, 96, generator=g)
+    w, ids = gk.route_reference(torch.randn(11, 5, generator=g), 2)
+    local = emap[ids.long()] if use_ep else ids
+    want = gk.moe_reference(x, w, local, layer.w13_weight, layer.w13_weight_scale, layer.w13_bias,
+                            layer.w2_weight, layer.w2_weight_scale, layer.w2_bias)
+    got = method.apply(layer, x, w, ids, None, None)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["no_compiler", "switched_off"])
+def test_fallback_to_torch_path(how, monkeypatch, tmp_path, caplog):
+    """CXX=/nonexistent: one warning naming the missing compiler, then the torch path (correct).
+    VLLM_GPTOSS_CPU_NATIVE=0: the torch path without a warning, nothing built."""
+    from vllm_gptoss import moe_ops
+    from vllm_gptoss.mxfp4_method import GptOssMxfp4MoEMethod
+
+    monkeypatch.setenv("VLLM_GPTOSS_CACHE", str(tmp_path))
+    monkeypatch.setattr(moe_ops, "_native", None)
+    monkeypatch.setattr(moe_ops, "_native_error", None)
+    if how == "no_compiler":
+        monkeypatch.setenv("CXX", "/nonexistent/g++")
+    else:
+        monkeypatch.setenv("VLLM_GPTOSS_CPU_NATIVE", "0")
+    g = torch.Generator().manual_seed(31)
+    layers = [_layer(4, 64, 64, g) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="vllm_gptoss.moe_ops"):
+        methods = []
+        for layer in layers:
+            m = GptOssMxfp4MoEMethod(moe=None)
+            m.process_weights_after_loading(layer)
+            methods.append(m)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(m.cpu_native is None for m in methods)
+    if how == "no_compiler":
+        assert len(warnings) == 1 and "/nonexistent/g++" in warnings[0] and "torch path" in warnings[0]
+    else:
+        assert warnings == [] and not list(tmp_path.rglob("*.so"))
+    x = torch.randn(5, 64, generator=g)
+    w, ids = gk.route_reference(torch.randn(5, 4, generator=g), 2)
+    layer = layers[0]
+    want = gk.moe_reference(x, w, ids, layer.w13_weight, layer.w13_weight_scale, layer.w13_bias,
+                            layer.w2_weight, layer.w2_weight_scale, layer.w2_bias)
+    torch.testing.assert_close(methods[0].apply(layer, x, w, ids, None, None), want, rtol=1e-5, atol=1e-5)
