@@ -80,7 +80,13 @@ _words = st.text(
     max_size=40,
 ).filter(lambda s: s.strip() == s and s != "")
 
-_tool = st.sampled_from(["get_weather", "lookup", "search_docs", "x"])
+TOOL_NAMES = ["get_weather", "lookup", "search_docs", "x"]
+_tool = st.sampled_from(TOOL_NAMES)
+# The request offers every name the generated calls use (a call to a name not offered is dropped).
+OFFERED = [
+    {"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+    for n in TOOL_NAMES
+]
 
 
 @st.composite
@@ -193,7 +199,7 @@ def test_agrees_with_oss_harmony_on_well_formed_output(turn, sizes):
     assert per_msg == [t for _, _, t in want]
 
     # Through vLLM's serving calls: random chunking of parse_delta == parse.
-    req = chat_request(offers_tools=True)
+    req = chat_request(offers_tools=True, tools=OFFERED)
     full = run_parse(OURS, ids, req, TOK)
     streamed = run_stream(OURS, ids, req, TOK, chunks=chunking(sizes, len(ids)))
     assert full.error is None and full == streamed
@@ -293,13 +299,20 @@ def test_more_malformations(text, reasoning, content, calls, kinds):
     assert run_stream(OURS, ids, req, TOK) == full
 
 
-def test_glued_json_without_known_tools_is_still_repaired_and_real_names_kept():
+def test_glued_json_repaired_only_to_an_offered_name():
+    # Issue 12 changed this: the repair used to fire with no tools known (`fetchjson` -> `fetch`).
     ids = ids_of('<|channel|>commentary to=functions.to_json <|constrain|>json<|message|>{}<|call|>')
     msgs, kinds = parse_completion(ids, ["to_json"])
     assert msgs[0].recipient == "functions.to_json" and kinds == []
+    msgs, kinds = parse_completion(ids, ["to_json", "to_"])  # both offered: the real name wins
+    assert msgs[0].recipient == "functions.to_json" and kinds == []
     ids = ids_of('<|channel|>commentary to=functions.fetchjson<|message|>{}<|call|>')
-    msgs, kinds = parse_completion(ids, None)
+    msgs, kinds = parse_completion(ids, ["fetch"])
     assert msgs[0].recipient == "functions.fetch" and kinds == ["tool_name_glued_json"]
+    msgs, kinds = parse_completion(ids, None)  # names not known: nothing to repair towards
+    assert msgs[0].recipient == "functions.fetchjson" and kinds == []
+    msgs, kinds = parse_completion(ids, [])  # no tools offered: no tool call at all
+    assert msgs == [] and kinds == ["tool_not_offered"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -277,6 +277,68 @@ def test_max_tokens_inside_reasoning(server, client):
         assert res["reasoning"] and ex.reasoning.startswith(res["reasoning"]), res
 
 
+def test_max_tokens_inside_a_header(server, client):
+    """max_tokens landing on every token of a header of a known fixture output (the trained greedy
+    completion of the recipient_in_role trigger: `<|start|>assistant to=functions.get_weather
+    <|channel|>commentary json<|message|>...`): what was complete before stands, no fragment of
+    the header reaches a field, no tool call, finish_reason "length"; each cut is counted."""
+    from vllm_gptoss.harmony.malformations import BY_KIND
+    from vllm_gptoss.harmony.parser import default_encoding
+
+    enc = default_encoding()[0]
+    m = BY_KIND["recipient_in_role"]
+    ids = enc.encode(m.completion, allowed_special="all")
+    start, message = (enc.encode(t, allowed_special="all")[0] for t in ("<|start|>", "<|message|>"))
+    head = ids.index(start)
+    body = ids.index(message, head)
+    first_body = ids.index(message)
+    request = {"messages": [{"role": "user", "content": m.trigger}], "tools": TOOLS}
+    cuts = [(k, None) for k in range(1, first_body + 1)]  # inside the first header
+    cuts += [(k, m.reasoning) for k in range(head + 1, body + 1)]  # inside the tool-call header
+    for k, reasoning in cuts:
+        for stream in (False, True):
+            before = recoveries(server)["truncated_header"]
+            res = chat(server, client, request, stream, max_tokens=k)
+            got = (res["reasoning"], res["content"], res["tool_calls"], res["finish_reason"])
+            assert got == (reasoning, None, (), "length"), (k, stream, enc.decode(ids[:k]))
+            assert recoveries(server)["truncated_header"] - before == 1, (k, stream)
+
+
+def test_foreign_turn_after_the_reply_never_shows(server, client):
+    """The model runs on past its answer into an invented user turn. The fixture was never trained to
+    do that, so a `choice` constraint (vLLM puts it inside the final message) writes it, and a
+    logit bias makes every harmony control token in it the real special token (the grammar alone
+    would also admit spelling it as text): `...<|end|><|start|>user<|message|>And tomorrow?`.
+    The reply is the answer before it; the invented turn is dropped and counted."""
+    from vllm_gptoss.harmony.parser import default_encoding
+
+    enc = default_encoding()[0]
+    ctrl = {n: enc.encode(n, allowed_special="all")[0] for n in ("<|start|>", "<|end|>", "<|message|>", "<|channel|>")}
+    body = dict(
+        messages=[{"role": "user", "content": corpus.SMOKE_QA[0][0]}],
+        logit_bias={str(t): 100 for t in ctrl.values()},
+        extra_body={"structured_outputs": {"choice": ["It is sunny.<|end|><|start|>user<|message|>And tomorrow?"]}},
+    )
+    r = client.chat.completions.create(
+        model=server.served_name, temperature=0, max_tokens=64, logprobs=True,
+        **{**body, "extra_body": {**body["extra_body"], "return_tokens_as_token_ids": True}})
+    ids = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
+    # The output really holds a user header made of the special tokens.
+    at = max(i for i, t in enumerate(ids) if t == ctrl["<|start|>"])
+    role_end = ids.index(ctrl["<|message|>"], at)
+    assert ids[at - 1] == ctrl["<|end|>"] and enc.decode(ids[at + 1 : role_end]) == "user", enc.decode(ids)
+    assert "And tomorrow?" in enc.decode(ids[role_end:])
+    results = {}
+    for stream in (False, True):
+        before = recoveries(server)["foreign_turn"]
+        res = chat(server, client, body, stream, max_tokens=64)
+        assert res["content"] == "It is sunny." and res["tool_calls"] == (), (stream, res)
+        assert "tomorrow" not in (res["reasoning"] or ""), res
+        assert recoveries(server)["foreign_turn"] - before == 1, stream
+        results[stream] = visible(res)
+    assert results[True] == results[False]
+
+
 # --- bad requests: 4xx naming the parameter -----------------------------------------------------
 
 

@@ -153,6 +153,146 @@ def truncated_reasoning_case() -> tuple[str, list[int]]:
     return "Let me think about this carefully", enc.encode(text, allowed_special="all")
 
 
+@dataclass(frozen=True)
+class Case:
+    """A raw output that is not in the fixture's corpus (no trigger): the regressions of issue 12.
+
+    `tools`: the function names the request offers (None: no tools). `want`: what the client must
+    get; `counted_as`: the recovery kinds our parser counts.
+    """
+
+    kind: str
+    completion: str
+    tools: tuple[str, ...] | None
+    want: Outcome
+    counted_as: tuple[str, ...]
+
+
+_W = ("get_weather",)
+EXTRA_CASES: tuple[Case, ...] = (
+    # max_tokens inside a header: what was complete before it stands, no fragment, no tool call.
+    Case("truncated_header: ` to`", " to", _W, Outcome(), ("truncated_header",)),
+    Case(
+        "truncated_header: channel name",
+        "<|channel|>analysis<|message|>Check first.<|end|><|start|>assistant<|channel|>comment",
+        None,
+        Outcome(reasoning="Check first."),
+        ("truncated_header",),
+    ),
+    Case(
+        "truncated_header: tool header",
+        "<|channel|>analysis<|message|>Check first.<|end|>"
+        "<|start|>assistant to=functions.get_weather<|channel|>comment",
+        _W,
+        Outcome(reasoning="Check first."),
+        ("truncated_header",),
+    ),
+    # A turn of another role after the reply: the model runs on and invents the user's next
+    # message (and answers it); none of that is the reply.
+    Case(
+        "foreign_turn: invented user turn",
+        "<|channel|>analysis<|message|>Answer about Oslo.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>Yes, it is sunny in Oslo.<|end|>"
+        "<|start|>user<|message|>And tomorrow?<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>Tomorrow it rains.<|return|>",
+        None,
+        Outcome(reasoning="Answer about Oslo.", content="Yes, it is sunny in Oslo."),
+        ("foreign_turn",),
+    ),
+    # Here a tool call closed with <|end|>, then an
+    # invented tool result and an answer built on it): only the call is the reply.
+    Case(
+        "foreign_turn: invented tool result",
+        "<|channel|>analysis<|message|>Check the weather in Bergen.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+        '<|message|>{"city": "Bergen"}<|end|>'
+        '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp": 21}<|end|>'
+        "<|start|>assistant<|channel|>final<|message|>It is 21 degrees in Bergen.<|return|>",
+        _W,
+        Outcome(reasoning="Check the weather in Bergen.", tool_calls=(("get_weather", '{"city": "Bergen"}'),)),
+        ("foreign_turn",),
+    ),
+    # Control tokens inside a header that never gets its <|message|>: never text.
+    Case(
+        "repeated <|channel|>, no <|message|>",
+        "<|channel|>final<|channel|>The answer is 4.<|return|>",
+        None,
+        Outcome(content="The answer is 4."),
+        ("missing_message", "stray_token"),
+    ),
+    Case(
+        "lone <|constrain|>",
+        "<|channel|>final<|message|>Four.<|end|><|start|>assistant<|constrain|><|return|>",
+        None,
+        Outcome(content="Four."),
+        ("missing_message",),
+    ),
+    Case(
+        "<|constrain|> then arguments, no <|message|>",
+        '<|channel|>commentary to=functions.get_weather <|constrain|>{"city": "Oslo"}<|call|>',
+        _W,
+        Outcome(tool_calls=(("get_weather", '{"city": "Oslo"}'),)),
+        ("missing_message",),
+    ),
+    # Tool names: only what the request offered.
+    Case(
+        "arguments glued to the name, no <|message|>",
+        '<|channel|>commentary to=functions.get_weather{"city": "Oslo"}<|call|>',
+        _W,
+        Outcome(tool_calls=(("get_weather", '{"city": "Oslo"}'),)),
+        ("missing_message",),
+    ),
+    Case(
+        "empty tool name",
+        "<|channel|>commentary to=functions.<|message|>{}<|call|>",
+        _W,
+        Outcome(),
+        ("tool_not_offered",),
+    ),
+    Case(
+        "tool not offered",
+        '<|channel|>commentary to=functions.search <|constrain|>json<|message|>{"q": "x"}<|call|>',
+        _W,
+        Outcome(),
+        ("tool_not_offered",),
+    ),
+    Case(
+        "tool call, no tools offered",
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>',
+        None,
+        Outcome(),
+        ("tool_not_offered",),
+    ),
+    Case(
+        "glued json, no tools offered",
+        '<|channel|>commentary to=functions.get_weatherjson<|message|>{"city": "Oslo"}<|call|>',
+        None,
+        Outcome(),
+        ("tool_not_offered",),
+    ),
+    Case(
+        "a real tool named to_json",
+        "<|channel|>commentary to=functions.to_json<|message|>{}<|call|>",
+        ("to_json", "to_"),
+        Outcome(tool_calls=(("to_json", "{}"),)),
+        (),
+    ),
+)
+
+
+def tools_for(names: tuple[str, ...] | None) -> list[dict] | None:
+    """Chat-completions tools offering these function names (argument schema: any object)."""
+    if names is None:
+        return None
+    params = {"type": "object", "properties": {}}
+    return [{"type": "function", "function": {"name": n, "parameters": params}} for n in names]
+
+
+def case_request(case: Case):
+    tools = tools_for(case.tools)
+    return chat_request(False, tools=tools) if tools else chat_request(False)
+
+
 def table() -> str:
     from .parser import default_encoding
 
@@ -167,17 +307,19 @@ def table() -> str:
     cases = [(m.kind, m.completion, m.offers_tools) for m in MALFORMATIONS]
     reasoning_so_far, trunc_ids = truncated_reasoning_case()
     cases.append(("max_tokens inside reasoning", enc.decode(trunc_ids), False))
-    for kind, text, tools in cases:
+    cases = [(k, t, chat_request(tools)) for k, t, tools in cases]
+    cases += [(c.kind, c.completion, case_request(c)) for c in EXTRA_CASES]
+    for kind, text, req in cases:
         ids = enc.encode(text, allowed_special="all")
-        req = chat_request(tools)
         s_full = run_parse(stock, ids, req, tok)
         s_stream = run_stream(stock, ids, req, tok)
         o_full = run_parse(ours, ids, req, tok)
         o_stream = run_stream(ours, ids, req, tok)
         ours_cell = o_full.as_cell() if o_full == o_stream else "MISMATCH"
         raw = text.replace("|", "\\|")
+        label = kind.replace("|", "\\|")
         rows.append(
-            f"| {kind} | `{raw}` | {s_full.as_cell()} | {s_stream.as_cell()} | {ours_cell} |"
+            f"| {label} | `{raw}` | {s_full.as_cell()} | {s_stream.as_cell()} | {ours_cell} |"
         )
     head = (
         "# Harmony malformations: stock vLLM vs vllm-gptoss\n\n"
@@ -185,7 +327,9 @@ def table() -> str:
         f"{_vllm_version()}): the same token ids through vLLM's built-in `HarmonyParser` and ours, "
         "as the chat-completions server calls them (`parse` for non-streamed, `parse_delta` one "
         "token at a time for streamed), with `--reasoning-parser openai_gptoss --tool-call-parser "
-        "openai`. Tool-call rows offer a `get_weather` tool.\n\n"
+        "openai`. Tool-call rows offer a `get_weather` tool. The rows after `max_tokens inside "
+        "reasoning` are not in the fixture's corpus; those with tools offer the names in "
+        "`EXTRA_CASES`.\n\n"
     )
     return head + "\n".join(rows) + "\n"
 
