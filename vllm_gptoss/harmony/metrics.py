@@ -52,3 +52,43 @@ def record(kind: str) -> None:
 def value(kind: str) -> float:
     """Current count of one kind in this process (for tests)."""
     return recoveries().labels(kind=kind)._value.get()
+
+
+# --- rejected requests (request_checks.py) -------------------------------------------------------
+# ``vllm_gptoss:rejected_requests_total{param="..."}``: requests the harmony server answered with a
+# 400 from its request checks, by the offending field. List indices are folded
+# (``tools[3].function.name`` -> ``tools[].function.name``) so the label set stays small.
+
+REJECTED_NAME = "vllm_gptoss:rejected_requests"
+_rejected = None
+
+
+def rejected():
+    global _rejected
+    if _rejected is None:
+        with _lock:
+            if _rejected is None:
+                from prometheus_client import REGISTRY, Counter
+
+                existing = getattr(REGISTRY, "_names_to_collectors", {}).get(REJECTED_NAME + "_total")
+                _rejected = existing or Counter(
+                    REJECTED_NAME,
+                    "Requests that vllm-gptoss rejected with a 400 before they ran, by parameter.",
+                    ["param"],
+                )
+    return _rejected
+
+
+def param_label(param: str | None) -> str:
+    import re
+
+    return re.sub(r"\[\d+\]", "[]", param) if param else "unknown"
+
+
+def record_rejection(param: str | None) -> None:
+    rejected().labels(param=param_label(param)).inc()
+
+
+def rejections(param: str | None) -> float:
+    """Current count for one parameter in this process (for tests)."""
+    return rejected().labels(param=param_label(param))._value.get()

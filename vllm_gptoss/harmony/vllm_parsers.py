@@ -8,8 +8,9 @@ its parsing with `parser.HarmonyStreamParser`:
   joins the deltas, so a streamed response concatenates to the non-streamed one by construction;
 - ``process_chunk`` / ``flush`` feed the Responses API (`HarmonyContext`) with the same segments
   and completed messages the built-in produced, but repaired;
-- ``adjust_request`` resolves reasoning effort (effort.py) and rejects bad tool schemas with a 400,
-  then keeps vLLM's structural-tag handling (tool_choice required/named, response_format) and
+- ``adjust_request`` resolves reasoning effort (effort.py), rejects bad requests with a 400 naming
+  the field (bad tool schemas here, everything else in request_checks.py), then keeps vLLM's
+  structural-tag handling (tool_choice required/named, response_format) and
   seals every JSON part of the tag against harmony control-token text (`seal_json_content`).
 
 Routing (chat completions): ``analysis`` -> ``reasoning``; ``final``, or ``commentary`` without a
@@ -40,7 +41,7 @@ from vllm.reasoning.gptoss_reasoning_parser import GptOssReasoningParser
 from vllm.renderers.chat_utils import make_tool_call_id
 from vllm.tool_parsers.gptoss_tool_parser import GptOssToolParser
 
-from . import effort, metrics
+from . import effort, metrics, request_checks
 from .parser import FUNCTIONS_PREFIX, Event, HarmonyStreamParser, ParsedMessage, make_parser
 
 
@@ -143,7 +144,10 @@ class HarmonyServingParser(HarmonyParser):
     def __init__(self, tokenizer, tools=None, *args, **kwargs):
         super().__init__(tokenizer, tools, *args, **kwargs)
         effort.server_default()  # fail at start-up (validate_parser_tokenizer) on a bad default
-        self._tool_names = tool_names(tools)
+        request_checks.max_n()  # likewise for a bad VLLM_GPTOSS_MAX_N
+        # The request's function names; none offered is the empty set (not "unknown"): then no
+        # output is a tool call (the parser drops and counts it as tool_not_offered).
+        self._tool_names = tool_names(tools) or frozenset()
         self._stream: HarmonyStreamParser | None = None
         self._num_fed = 0
         self._reset_delta_state()
@@ -307,10 +311,23 @@ class HarmonyServingParser(HarmonyParser):
 
     # --- request side ----------------------------------------------------------------------------
     def adjust_request(self, request):
-        effort.apply(request)
-        validate_tools(request)
-        request = super().adjust_request(request)
-        params = getattr(request, "structured_outputs", None)
-        if params is not None and getattr(params, "structural_tag", None):
-            params.structural_tag = seal_json_content(params.structural_tag)
+        # Every check raises VLLMValidationError (a 400 naming the field) before the stream exists.
+        try:
+            effort.apply(request)
+            validate_tools(request)
+            model_config = getattr(self._reasoning_parser, "_model_config", None)
+            sources = request_checks.check_request(request, model_config)
+            try:
+                request = super().adjust_request(request)
+            except (KeyError, TypeError, ValueError) as e:
+                if isinstance(e, VLLMValidationError) or not sources:
+                    raise
+                raise VLLMValidationError(f"{sources[0][0]}: {e}", parameter=sources[0][0]) from e
+            params = getattr(request, "structured_outputs", None)
+            if params is not None and getattr(params, "structural_tag", None):
+                params.structural_tag = seal_json_content(params.structural_tag)
+            request_checks.check_final_constraint(request, sources)  # what the engine will compile
+        except VLLMValidationError as e:
+            metrics.record_rejection(e.parameter)
+            raise
         return request
