@@ -352,7 +352,15 @@ def stock_responses_prompt(body: dict) -> list[int]:
         instructions=instructions, tools=req.tools or None,
         reasoning_effort=req.reasoning.effort if req.reasoning else None,
     )
-    messages += rh.construct_harmony_previous_input_messages(req)
+    # construct_harmony_previous_input_messages calls rh.response_previous_input_to_harmony, which
+    # our hook replaces once any earlier test in this process registered the plugin: call it with
+    # the function this helper is asked for (stock, or ours under _USE_OURS)
+    patched = rh.response_previous_input_to_harmony
+    rh.response_previous_input_to_harmony = _stock("response_previous_input_to_harmony")
+    try:
+        messages += rh.construct_harmony_previous_input_messages(req)
+    finally:
+        rh.response_previous_input_to_harmony = patched
     if isinstance(inp, str):
         messages.append(hu.get_user_message(inp))
     else:
