@@ -196,16 +196,21 @@ def check_n(request: Any) -> None:
         )
 
 
-def check_unique_tool_names(request: Any) -> None:
-    seen: dict[str, str] = {}
-    for i, tool in enumerate(getattr(request, "tools", None) or []):
+def function_tools(tools: Any):
+    """(index, field path, tool fields) of each function tool, in either API's shape: chat
+    completions nest them (`tools[i].function.name`), Responses does not (`tools[i].name`)."""
+    for i, tool in enumerate(tools or []):
         fn = getattr(tool, "function", None)
         if fn is not None:
-            name, where = getattr(fn, "name", None), f"tools[{i}].function.name"
+            yield i, f"tools[{i}].function", fn
         elif getattr(tool, "type", None) == "function":
-            name, where = getattr(tool, "name", None), f"tools[{i}].name"
-        else:
-            continue
+            yield i, f"tools[{i}]", tool
+
+
+def check_unique_tool_names(request: Any) -> None:
+    seen: dict[str, str] = {}
+    for _, path, fn in function_tools(getattr(request, "tools", None)):
+        name, where = getattr(fn, "name", None), f"{path}.name"
         if not isinstance(name, str):
             continue
         if name in seen:

@@ -62,25 +62,14 @@ def tool_names(tools: Any) -> frozenset[str] | None:
     """Offered function names from chat-completions or Responses tools (None: no tools)."""
     if not tools:
         return None
-    names = set()
-    for tool in tools:
-        fn = getattr(tool, "function", None)
-        name = getattr(fn, "name", None) if fn is not None else getattr(tool, "name", None)
-        if getattr(tool, "type", "function") == "function" and isinstance(name, str):
-            names.add(name)
-    return frozenset(names)
+    return frozenset(name for _, _, fn in request_checks.function_tools(tools)
+                     if isinstance(name := getattr(fn, "name", None), str))
 
 
 def validate_tools(request: Any) -> None:
     """400 for a function tool whose parameters schema is not a JSON-schema object."""
-    for i, tool in enumerate(getattr(request, "tools", None) or []):
-        fn = getattr(tool, "function", None)
-        if fn is not None:
-            params, where = getattr(fn, "parameters", None), f"tools[{i}].function.parameters"
-        elif getattr(tool, "type", None) == "function":
-            params, where = getattr(tool, "parameters", None), f"tools[{i}].parameters"
-        else:
-            continue
+    for _, path, fn in request_checks.function_tools(getattr(request, "tools", None)):
+        params, where = getattr(fn, "parameters", None), f"{path}.parameters"
         if params is None:
             continue
         kind = params.get("type", "object") if isinstance(params, dict) else type(params).__name__
