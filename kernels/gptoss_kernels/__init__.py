@@ -11,7 +11,7 @@ Public API:
   quantize / dequantize (MXFP4, checkpoint layout), route_reference / swiglu_reference / moe_reference
   kernel_variant(capability, dtype) -> which GPUs and dtypes the fused kernels run, with which
     dequantization (capability.py: the one rule pick_config, the plugin and the build test read)
-Benchmark and GPU check: python -m gptoss_kernels.bench --help
+Benchmark and GPU check: python benchmarks/gpu_moe.py --help
 Ahead-of-time build for every NVIDIA target, no GPU needed: python -m gptoss_kernels.aot --help
 """
 

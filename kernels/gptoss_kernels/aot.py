@@ -70,11 +70,11 @@ class _RecordingModule:
 @contextlib.contextmanager
 def _as_if_on(capability: tuple[int, int]) -> Iterator[list[_Launch]]:
     """Run the host code as on a GPU of `capability`: launches recorded, CPU tensors accepted."""
-    from . import triton_kernels
+    from . import fused_moe_triton
 
     log: list[_Launch] = []
     saved = (moe_mod._kernels, moe_mod._check_device, moe_mod.device_capability, moe_mod._interpreting)
-    moe_mod._kernels = lambda: _RecordingModule(triton_kernels, log)
+    moe_mod._kernels = lambda: _RecordingModule(fused_moe_triton, log)
     moe_mod._check_device = lambda *tensors: None
     moe_mod.device_capability = lambda device: capability
     moe_mod._interpreting = lambda: False
@@ -136,7 +136,7 @@ def plan(capability: tuple[int, int], dtypes=None, log=print) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
 
-    from . import triton_kernels
+    from . import fused_moe_triton
 
     target = GPUTarget("cuda", capability[0] * 10 + capability[1], 32)
     backend = make_backend(target)
@@ -147,7 +147,7 @@ def plan(capability: tuple[int, int], dtypes=None, log=print) -> list[dict]:
             log(f"sm_{capability[0]}{capability[1]} {dname}: not supported ({variant.reason}); nothing to build")
             continue
         for where, launch in record_launches(capability, dtype):
-            kernel = getattr(triton_kernels, launch.kernel_name)
+            kernel = getattr(fused_moe_triton, launch.kernel_name)
             signature, constexprs, attrs = _specialize(kernel, launch, backend)[1:]
             key = _variant_key(kernel, launch, signature, constexprs)
             if key in seen:
@@ -168,9 +168,9 @@ def _compile_one(item: dict) -> dict:
     import triton
     from triton.compiler import ASTSource
 
-    from . import triton_kernels
+    from . import fused_moe_triton
 
-    kernel = getattr(triton_kernels, item["kernel"])
+    kernel = getattr(fused_moe_triton, item["kernel"])
     t0 = time.perf_counter()
     try:
         compiled = triton.compile(ASTSource(kernel, item["signature"], item["constexprs"], item["attrs"]),

@@ -1,6 +1,6 @@
 """Public entry points of the fused MXFP4 MoE: `route`, `prepare_moe_weights`, `fused_moe`.
 
-The Triton kernels live in `triton_kernels` and are imported on first use, so importing this module
+The Triton kernels live in `fused_moe_triton` and are imported on first use, so importing this module
 (and `gptoss_kernels`) needs no triton.
 
 Data flow of `fused_moe` (four launches, no host synchronisation, CUDA-graph capturable):
@@ -32,12 +32,12 @@ def _interpreting() -> bool:
 
 def _kernels():
     try:
-        from . import triton_kernels
+        from . import fused_moe_triton
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "gptoss_kernels: the fused kernels need the `triton` package; install it, or use "
             "gptoss_kernels.moe_reference (plain torch) instead") from exc
-    return triton_kernels
+    return fused_moe_triton
 
 
 def _check_device(*tensors: torch.Tensor) -> None:

@@ -1,5 +1,5 @@
 """Kernel tests run on the CPU in Triton's interpreter: TRITON_INTERPRET must be set before the
-kernels module (gptoss_kernels.triton_kernels, imported lazily on first use) creates its kernels.
+kernels module (gptoss_kernels.fused_moe_triton, imported lazily on first use) creates its kernels.
 Set GPTOSS_KERNELS_TEST_CUDA=1 on a GPU machine to run the same tests compiled on CUDA."""
 
 import os

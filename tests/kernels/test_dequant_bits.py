@@ -90,7 +90,7 @@ def _scale_bits(s: int) -> int:
 
 @pytest.mark.parametrize("variant", ["mul", "fma"])
 def test_inline_ptx_dequant_matches_dequantize(variant):
-    from gptoss_kernels import triton_kernels as tk
+    from gptoss_kernels import fused_moe_triton as tk
 
     asm = (tk._E2M1X8_ASM_MUL if variant == "mul" else tk._E2M1X8_ASM_FMA).value
     assert ("mul.rn.bf16x2" in asm) == (variant == "mul") and ("fma.rn.bf16x2" in asm) == (variant == "fma")
@@ -125,7 +125,7 @@ def test_inline_ptx_dequant_matches_dequantize(variant):
 
 def test_emulator_catches_a_wrong_selector():
     """The replay is a real check: the same asm with one prmt selector changed disagrees."""
-    from gptoss_kernels import triton_kernels as tk
+    from gptoss_kernels import fused_moe_triton as tk
 
     broken = tk._E2M1X8_ASM_FMA.value.replace("0x3424", "0x1404")
     word = 0x12345678

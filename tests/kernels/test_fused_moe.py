@@ -5,7 +5,7 @@ Relative error ||out - ref|| / ||ref||, with the reference fed x already rounded
   float16: <= 3e-3 (the activation between the two GEMMs is stored in fp16, output rounded to fp16)
   bfloat16: <= 1.5e-2 (same, in bf16; in the interpreter bf16 dot operands are upcast to float32
            because its bf16 tl.dot is broken, so the bf16 *dot* itself is checked only on a GPU, by
-           `python -m gptoss_kernels.bench`)
+           `python benchmarks/gpu_moe.py`)
 Every run: fresh random inputs (never zeros), and the output buffer poisoned with NaN beforehand.
 """
 

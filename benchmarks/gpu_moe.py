@@ -1,7 +1,7 @@
 """Check and benchmark the fused MXFP4 MoE at gpt-oss's real layer shapes, in one run.
 
-    PYTHONPATH=kernels python -m gptoss_kernels.bench --out /tmp/moe.json
-    TRITON_INTERPRET=1 PYTHONPATH=kernels python -m gptoss_kernels.bench --quick   # CPU dry run
+    PYTHONPATH=kernels python benchmarks/gpu_moe.py --out /tmp/moe.json
+    TRITON_INTERPRET=1 PYTHONPATH=kernels python benchmarks/gpu_moe.py --quick   # CPU dry run
 
 Stages, in this order (each prints as it goes; the summary table is printed last):
   1. ceilings measured on this device: copy bandwidth (a large device-to-device copy, bytes read +
@@ -36,11 +36,11 @@ import traceback
 
 import torch
 
-from . import moe as moe_mod
-from .capability import device_capability
-from .moe import TileConfig, fused_moe, prepare_moe_weights, route
-from .mxfp4 import dequantize
-from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT, moe_reference
+from gptoss_kernels import moe as moe_mod
+from gptoss_kernels.capability import device_capability
+from gptoss_kernels.moe import TileConfig, fused_moe, prepare_moe_weights, route
+from gptoss_kernels.mxfp4 import dequantize
+from gptoss_kernels.reference import SWIGLU_ALPHA, SWIGLU_LIMIT, moe_reference
 
 SHAPES = {  # name: (E, H, I, top_k)
     "120b": (128, 2880, 2880, 4),
@@ -399,7 +399,7 @@ def run_variants(reps, ceil, flush, results, quick, validate=False):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gptoss_kernels.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/gpu_moe.py", description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="120b,20b", help="comma list of %s" % ",".join(SHAPES))
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts T to sweep")
     ap.add_argument("--reps", type=int, default=10, help="timed rounds over the input sets per point")
