@@ -21,9 +21,10 @@ import os
 import torch
 
 from .capability import DEQUANT_PLAIN, device_capability, kernel_variant
+from .mxfp4 import BLOCK as MXFP4_BLOCK
 from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
-_MXFP4_BLOCK = 32
+
 
 
 def _interpreting() -> bool:
@@ -178,14 +179,14 @@ def prepare_moe_weights(w13_blocks, w13_scales, w13_bias, w2_blocks, w2_scales, 
     """
     w13 = _as_packed("w13", w13_blocks, w13_scales, None)
     E, N13, _ = w13.shape
-    H = w13_scales.shape[2] * _MXFP4_BLOCK
+    H = w13_scales.shape[2] * MXFP4_BLOCK
     if N13 % 2:
         raise ValueError(f"w13: expected an even number of rows (gate/up interleaved), found {N13}")
     I = N13 // 2
     w2 = _as_packed("w2", w2_blocks, w2_scales, E)
-    if tuple(w2_scales.shape) != (E, H, I // _MXFP4_BLOCK) or I % _MXFP4_BLOCK:
+    if tuple(w2_scales.shape) != (E, H, I // MXFP4_BLOCK) or I % MXFP4_BLOCK:
         raise ValueError(
-            f"w2_scales: expected [E, H, I/32] = {(E, H, I // _MXFP4_BLOCK)} for H={H}, I={I} "
+            f"w2_scales: expected [E, H, I/32] = {(E, H, I // MXFP4_BLOCK)} for H={H}, I={I} "
             f"(I a multiple of 32), found {tuple(w2_scales.shape)}")
     if w2.device != w13.device:
         raise ValueError(f"w2 is on {w2.device} but w13 on {w13.device}")
