@@ -25,8 +25,6 @@ from .mxfp4 import BLOCK as MXFP4_BLOCK
 from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
 
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
