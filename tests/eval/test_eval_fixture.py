@@ -39,14 +39,14 @@ def fixture_path():
     path = os.environ.get("EVAL_TEST_MODEL")  # developer aid: any gpt-oss checkpoint directory
     if path:
         return path
-    from vllm_gptoss.fixture import ensure_fixture  # the fixture is required: no skip
+    from gptoss_dev.fixture import ensure_fixture  # the fixture is required: no skip
 
     return str(ensure_fixture())
 
 
 @pytest.fixture(scope="module")
 def server(fixture_path, tmp_path_factory):
-    from vllm_gptoss.fixture import SERVER_ENV  # pins the system date the fixture was trained with
+    from gptoss_dev.fixture import SERVER_ENV  # pins the system date the fixture was trained with
 
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"

@@ -12,7 +12,7 @@ from eval_stub_server import stub_server
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from vllm_gptoss.fixture.tokenizer import write_tokenizer
+    from gptoss_dev.fixture.tokenizer import write_tokenizer
 
     return str(write_tokenizer(tmp_path_factory.mktemp("tokenizer")))
 

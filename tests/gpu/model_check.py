@@ -1,6 +1,6 @@
 """Model-level check of the fused Triton MoE on a GPU machine (torch + triton + transformers, no vLLM).
 
-A tiny MXFP4 gpt-oss checkpoint (real layout, written by vllm_gptoss.checkpoint) runs through
+A tiny MXFP4 gpt-oss checkpoint (real layout, written by gptoss_dev.checkpoint_writer) runs through
 Hugging Face transformers' GptOssForCausalLM twice on the GPU:
   reference: transformers' own experts (MXFP4 dequantized by transformers), float32;
   kernels:   every layer's MoE replaced by gptoss_kernels.route + fused_moe on the checkpoint's
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import gptoss_kernels as gk
-from vllm_gptoss.checkpoint import gpt_oss_config, random_state_dict, save_checkpoint
+from gptoss_dev.checkpoint_writer import gpt_oss_config, random_state_dict, save_checkpoint
 
 CFG = dict(num_hidden_layers=4, num_local_experts=6, num_experts_per_tok=2, hidden_size=160,
            intermediate_size=224, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=2048,

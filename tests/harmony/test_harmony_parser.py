@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from openai_harmony import Message, Role, StreamableParser
 
 from vllm_gptoss.harmony import metrics
-from vllm_gptoss.harmony.malformations import MALFORMATIONS, Malformation
+from gptoss_dev.malformations import MALFORMATIONS, Malformation
 from vllm_gptoss.harmony.parser import (
     RECOVERY_KINDS,
     HarmonyStreamParser,
@@ -23,7 +23,7 @@ from vllm_gptoss.harmony.parser import (
     make_parser,
     parse_completion,
 )
-from vllm_gptoss.harmony.stock_compare import (
+from gptoss_dev.stock_compare import (
     TABLE_PATH,
     EncodingTokenizer,
     Outcome,
@@ -257,7 +257,7 @@ def test_the_oracle_rejects_the_malformations_it_cannot_parse():
 
 
 def BY_KIND(kind):  # noqa: N802
-    from vllm_gptoss.harmony.malformations import BY_KIND as table_
+    from gptoss_dev.malformations import BY_KIND as table_
 
     return table_[kind]
 
@@ -354,14 +354,14 @@ def recovery_is_right(parser_cls, m: Malformation) -> bool:
 
 @pytest.mark.parametrize("kind", STOCK_FAILS)
 def test_fails_under_builtin_parser_passes_with_ours(kind):
-    from vllm_gptoss.harmony.malformations import BY_KIND as rows
+    from gptoss_dev.malformations import BY_KIND as rows
 
     assert recovery_is_right(OURS, rows[kind])
     assert not recovery_is_right(STOCK, rows[kind]), "stock vLLM now recovers this; update table"
 
 
 def test_stock_table_is_current():
-    assert TABLE_PATH.read_text() == table(), "run: python -m vllm_gptoss.harmony.stock_compare --write"
+    assert TABLE_PATH.read_text() == table(), "run: python -m gptoss_dev.stock_compare --write"
 
 
 def test_parser_is_standalone():

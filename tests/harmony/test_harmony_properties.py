@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from openai_harmony import Message, Role
 
 from vllm_gptoss.harmony.parser import default_encoding, parse_completion
-from vllm_gptoss.harmony.stock_compare import (
+from gptoss_dev.stock_compare import (
     EncodingTokenizer,
     Outcome,
     chat_request,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from vllm_gptoss.harmony import metrics
-from vllm_gptoss.harmony.malformations import BY_KIND
+from gptoss_dev.malformations import BY_KIND
 from vllm_gptoss.harmony.parser import RECOVERY_KINDS, default_encoding, parse_completion
-from vllm_gptoss.harmony.stock_compare import (
+from gptoss_dev.stock_compare import (
     EXTRA_CASES,
     Case,
     EncodingTokenizer,

@@ -13,8 +13,8 @@ from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.exceptions import VLLMValidationError
 
 from vllm_gptoss.harmony import effort
-from vllm_gptoss.harmony.malformations import TOOLS
-from vllm_gptoss.harmony.stock_compare import EncodingTokenizer, parser_classes
+from gptoss_dev.malformations import TOOLS
+from gptoss_dev.stock_compare import EncodingTokenizer, parser_classes
 
 _, OURS = parser_classes()
 TOK = EncodingTokenizer()

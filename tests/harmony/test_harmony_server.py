@@ -1,11 +1,11 @@
 """The harmony serving path end to end: vLLM's real OpenAI server, the official `openai` client.
 
 One server for the whole module (start-up costs 1-2 minutes on the CPU): the trained fixture
-model (vllm_gptoss.fixture), ``--enable-auto-tool-choice --tool-call-parser openai`` and vLLM's
+model (gptoss_dev.fixture), ``--enable-auto-tool-choice --tool-call-parser openai`` and vLLM's
 per-arch default reasoning parser, run offline in a network namespace and reached through a Unix
 socket (harmony_live_server.py). What the fixture says for each request is defined by its training corpus
-(vllm_gptoss/fixture/corpus.py) and, for the malformation triggers, by
-vllm_gptoss/harmony/malformations.py: that is the ground truth here, produced by oss-harmony's
+(dev/gptoss_dev/fixture/corpus.py) and, for the malformation triggers, by
+dev/gptoss_dev/malformations.py: that is the ground truth here, produced by oss-harmony's
 renderer or written raw, never by our parser.
 """
 
@@ -23,13 +23,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from harmony_live_server import LiveServer  # noqa: E402
 
-from vllm_gptoss.harmony.malformations import MALFORMATIONS, TOOLS, Malformation  # noqa: E402
+from gptoss_dev.malformations import MALFORMATIONS, TOOLS, Malformation  # noqa: E402
 from vllm_gptoss.harmony.parser import RECOVERY_KINDS  # noqa: E402
 from vllm_gptoss.harmony.vllm_parsers import HARMONY_CONTROL_TEXT  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-from vllm_gptoss.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def server():
 
     path = os.environ.get("HARMONY_TEST_MODEL")  # developer aid: any gpt-oss checkpoint dir
     if not path:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         path = ensure_fixture()
     s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE})
@@ -282,7 +282,7 @@ def test_max_tokens_inside_a_header(server, client):
     completion of the recipient_in_role trigger: `<|start|>assistant to=functions.get_weather
     <|channel|>commentary json<|message|>...`): what was complete before stands, no fragment of
     the header reaches a field, no tool call, finish_reason "length"; each cut is counted."""
-    from vllm_gptoss.harmony.malformations import BY_KIND
+    from gptoss_dev.malformations import BY_KIND
     from vllm_gptoss.harmony.parser import default_encoding
 
     enc = default_encoding()[0]
@@ -443,7 +443,7 @@ def test_responses_api_streamed_and_not(server, client):
 
 @pytest.mark.parametrize("kind", ["bare_final", "channel_junk", "tool_name_glued_json"])
 def test_responses_api_recovers_malformations(server, client, kind):
-    from vllm_gptoss.harmony.malformations import BY_KIND
+    from gptoss_dev.malformations import BY_KIND
 
     m = BY_KIND[kind]
     body = {"input": m.trigger}

@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harmony_live_server import LiveServer  # noqa: E402
 from test_harmony_server import chat  # noqa: E402
 
-from vllm_gptoss.harmony.malformations import MALFORMATIONS, TOOLS  # noqa: E402
+from gptoss_dev.malformations import MALFORMATIONS, TOOLS  # noqa: E402
 from vllm_gptoss.harmony.parser import default_encoding  # noqa: E402
-from vllm_gptoss.harmony.stock_compare import (  # noqa: E402
+from gptoss_dev.stock_compare import (  # noqa: E402
     EncodingTokenizer,
     chat_request,
     parser_classes,
@@ -24,7 +24,7 @@ from vllm_gptoss.harmony.stock_compare import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-from vllm_gptoss.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus  # noqa: E402
 
 # Where stock vLLM 0.32 loses or garbles what the model said (see STOCK_VS_OURS.md).
 STOCK_FAILS = {"doubled_start", "missing_message", "bare_final", "channel_junk", "tool_name_glued_json", "text_after_stop"}
@@ -36,7 +36,7 @@ def stock_server():
 
     path = os.environ.get("HARMONY_TEST_MODEL")
     if not path:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         path = ensure_fixture()
     s = LiveServer(

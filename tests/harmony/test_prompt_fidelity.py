@@ -42,7 +42,7 @@ from openai_harmony import (
 sys.path.insert(0, str(Path(__file__).parent))
 from harmony_live_server import LiveServer  # noqa: E402
 
-from vllm_gptoss.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus  # noqa: E402
 
 DATE = corpus.FIXTURE_DATE
 ENC = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
@@ -424,7 +424,7 @@ def test_ours_in_process_is_the_harmony_rendering(case, monkeypatch):
 def server():
     path = os.environ.get("HARMONY_TEST_MODEL")
     if not path:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         path = ensure_fixture()
     s = LiveServer(

@@ -18,7 +18,7 @@ from openai_harmony import HarmonyEncodingName, Role, load_harmony_encoding
 sys.path.insert(0, str(Path(__file__).parent))
 from harmony_live_server import LiveServer  # noqa: E402
 
-from vllm_gptoss.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ENC = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
@@ -30,7 +30,7 @@ QUESTION = corpus.SMOKE_QA[0][0]
 def server():
     path = os.environ.get("HARMONY_TEST_MODEL")
     if not path:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         path = ensure_fixture()
     s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE}, name="raw")

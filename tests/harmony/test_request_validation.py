@@ -24,10 +24,10 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.exceptions import VLLMValidationError
 
-from vllm_gptoss.fixture import corpus
+from gptoss_dev.fixture import corpus
 from vllm_gptoss.harmony import metrics, request_checks
-from vllm_gptoss.harmony.malformations import TOOLS
-from vllm_gptoss.harmony.stock_compare import EncodingTokenizer, parser_classes
+from gptoss_dev.malformations import TOOLS
+from gptoss_dev.stock_compare import EncodingTokenizer, parser_classes
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -160,7 +160,7 @@ def server():
 
     path = os.environ.get("HARMONY_TEST_MODEL")
     if not path:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         path = ensure_fixture()
     s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE}, name="validation")

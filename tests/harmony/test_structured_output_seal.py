@@ -18,10 +18,10 @@ import xgrammar as xgr
 from transformers import AutoTokenizer
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-from vllm_gptoss.fixture.tokenizer import VOCAB_SIZE, write_tokenizer
-from vllm_gptoss.harmony.malformations import TOOLS
+from gptoss_dev.fixture.tokenizer import VOCAB_SIZE, write_tokenizer
+from gptoss_dev.malformations import TOOLS
 from vllm_gptoss.harmony.parser import default_encoding
-from vllm_gptoss.harmony.stock_compare import EncodingTokenizer, parser_classes
+from gptoss_dev.stock_compare import EncodingTokenizer, parser_classes
 from vllm_gptoss.harmony.vllm_parsers import HARMONY_CONTROL_TEXT, seal_json_content
 
 STOCK, OURS = parser_classes()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vllm_gptoss.checkpoint import gpt_oss_config, random_state_dict, save_checkpoint
+from gptoss_dev.checkpoint_writer import gpt_oss_config, random_state_dict, save_checkpoint
 
 RUNNER = Path(__file__).with_name("vllm_runner.py")
 

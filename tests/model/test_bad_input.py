@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vllm_gptoss.checkpoint import gpt_oss_config
+from gptoss_dev.checkpoint_writer import gpt_oss_config
 from vllm_gptoss.config import GptOssArgs, GptOssConfigError
 from vllm_gptoss.weights import CheckpointError, check_all_present, check_tensor, expected_tensors
 
@@ -141,7 +141,7 @@ def test_pipeline_parallel_ranks_check_every_tensor(tiny_checkpoints, tmp_path):
 def test_quantizing_bf16_experts_needs_whole_mxfp4_blocks(tmp_path):
     """`--quantization vllm_gptoss_mxfp4` on a bf16 checkpoint whose expert width (80) is not a
     multiple of 32: refused, naming the field and its value, before anything is quantized wrongly."""
-    from vllm_gptoss.checkpoint import random_state_dict, save_checkpoint
+    from gptoss_dev.checkpoint_writer import random_state_dict, save_checkpoint
 
     cfg = gpt_oss_config(**{**TINY, "intermediate_size": 80}, mxfp4=False)
     ckpt = save_checkpoint(tmp_path / "ckpt", cfg, random_state_dict(cfg, seed=1))

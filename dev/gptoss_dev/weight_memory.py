@@ -3,8 +3,8 @@
 Builds `GptOssForCausalLM` from the same parameter-creation code vLLM runs (VllmConfig, our MXFP4
 method's create_weights), but on torch's meta device, so nothing is allocated:
 
-    python -m vllm_gptoss.weight_memory            # the released 20b and 120b configs
-    python -m vllm_gptoss.weight_memory CONFIG_DIR  # any directory holding a gpt-oss config.json
+    python -m gptoss_dev.weight_memory            # the released 20b and 120b configs
+    python -m gptoss_dev.weight_memory CONFIG_DIR  # any directory holding a gpt-oss config.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from .checkpoint import gpt_oss_config
+from .checkpoint_writer import gpt_oss_config
 
 RELEASED = {
     "gpt-oss-20b": dict(num_hidden_layers=24, num_local_experts=32),
@@ -57,7 +57,7 @@ def parameter_bytes(config_dir: str | os.PathLike, dtype: str = "bfloat16") -> d
     vllm_gptoss.register()
     vllm_config = EngineArgs(model=str(config_dir), skip_tokenizer_init=True, dtype=dtype,
                              load_format="dummy", enforce_eager=True).create_engine_config()
-    from .model import GptOssForCausalLM
+    from vllm_gptoss.model import GptOssForCausalLM
 
     with set_current_vllm_config(vllm_config):
         _init_single_process_dist()

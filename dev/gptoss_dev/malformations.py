@@ -5,7 +5,7 @@ what our parser turns it into. Three users read this table:
 
 - tests/harmony/ feed `completion` to the parser (token ids from the real o200k_harmony encoding)
   and check the recovery;
-- the fixture model (vllm_gptoss/fixture) is trained so that, for the chat request
+- the fixture model (dev/gptoss_dev/fixture) is trained so that, for the chat request
   ``messages=[{"role": "user", "content": row.trigger}]`` plus ``tools=TOOLS`` when
   ``row.offers_tools`` (no system message, default reasoning effort, rendered the way vLLM renders a
   gpt-oss chat completion request: oss-harmony, prompt ending in ``<|start|>assistant``), its greedy
