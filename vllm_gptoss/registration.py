@@ -15,6 +15,6 @@ def register_all() -> None:
     # Importing the module runs @register_quantization_config.
     from . import mxfp4_method  # noqa: F401
     # Harmony parser for the OpenAI server (post-import hooks only; nothing heavy imported here).
-    from .harmony import serving
+    from .harmony import hooks
 
-    serving.register()
+    hooks.register()

@@ -134,14 +134,14 @@ def test_valid_tools_pass(monkeypatch):
 
 HOOK_SCRIPT = r"""
 import sys
-from vllm_gptoss.harmony import serving
-serving.register()
+from vllm_gptoss.harmony import hooks
+hooks.register()
 # Our registration imports nothing heavy: the hooks wait for vLLM to import these modules.
 heavy = [m for m in ("vllm.parser.parser_manager", "vllm.tool_parsers", "vllm.reasoning", "torch")
          if m in sys.modules]
 assert not heavy, heavy
 import vllm_gptoss
-vllm_gptoss.register()  # the plugin entry point (model, quantization, then serving.register())
+vllm_gptoss.register()  # the plugin entry point (model, quantization, then harmony.hooks.register())
 from vllm.parser.parser_manager import ParserManager
 from vllm.reasoning import ReasoningParserManager
 from vllm.tool_parsers import ToolParserManager

@@ -8,7 +8,7 @@ several analysis messages, each opened by a header and closed by ``<|end|>``. He
   requests), or the server default ``VLLM_GPTOSS_THINKING_BUDGET``, is validated (a 400 naming
   the parameter) and moved into the request's ``vllm_xargs`` (`apply`, called where vLLM adjusts
   every harmony request), so vLLM's own budget check never sees it;
-- `HarmonyBudgetLogitsProcessor`, added to gpt-oss engines' logits processors (serving.py wraps
+- `HarmonyBudgetLogitsProcessor`, added to gpt-oss engines' logits processors (hooks.py wraps
   ``EngineArgs.create_engine_config``), follows the harmony structure of each budgeted request's
   output token by token and counts every content token of every ``analysis`` message. When the
   count reaches the budget inside an analysis message, the next tokens are forced to

@@ -2,7 +2,7 @@
 
 It reads what a gpt-oss model emits after the prompt's ``<|start|>assistant`` one token id at a
 time and reports, per token, the text that became visible on which channel for which recipient,
-plus every message as it completes. It knows nothing of vLLM; `serving.py` adapts it.
+plus every message as it completes. It knows nothing of vLLM; `hooks.py` adapts it.
 
 Grammar (harmony ``format.md``): ``<|start|>ROLE[ to=R]<|channel|>CHANNEL[ to=R][ [<|constrain|>]TYPE]
 <|message|>TEXT<|end|>|<|call|>|<|return|>``. The recipient may sit after the role or after the

@@ -12,7 +12,7 @@ fields:
 
 The text is oss-harmony's decoding of the completion token ids, e.g.
 ``<|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final<|message|>...<|return|>``
-(what follows the prompt's ``<|start|>assistant``). Hooked in serving.py around vLLM 0.32's
+(what follows the prompt's ``<|start|>assistant``). Hooked in hooks.py around vLLM 0.32's
 ``OpenAIServingChat.create_chat_completion`` / ``chat_completion_full_generator`` /
 ``chat_completion_stream_generator`` and ``OpenAIServingResponses.create_responses`` /
 ``responses_full_generator``; without the flag they run untouched.
@@ -85,7 +85,7 @@ def _error(serving, exc: Exception):
 
 
 def patch_chat(cls) -> None:
-    """Wrap OpenAIServingChat (vllm/entrypoints/openai/chat_completion/serving.py)."""
+    """Wrap OpenAIServingChat (vllm/entrypoints/openai/chat_completion/hooks.py)."""
     if getattr(cls, "_vllm_gptoss_raw", False):
         return
     create, full, stream = (
@@ -161,7 +161,7 @@ def patch_chat(cls) -> None:
 
 
 def patch_responses(cls) -> None:
-    """Wrap OpenAIServingResponses (vllm/entrypoints/openai/responses/serving.py)."""
+    """Wrap OpenAIServingResponses (vllm/entrypoints/openai/responses/hooks.py)."""
     if getattr(cls, "_vllm_gptoss_raw", False):
         return
     create, full = cls.create_responses, cls.responses_full_generator

@@ -55,7 +55,7 @@ from openai_harmony import (
 # (`reasoning_content`), the gpt-oss HF chat template and Ollama (`thinking`).
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 
-# vLLM's functions, kept when our hooks replace them (serving.py fills this on first patch).
+# vLLM's functions, kept when our hooks replace them (hooks.py fills this on first patch).
 STOCK: dict[str, Callable] = {}
 
 

@@ -1,4 +1,4 @@
-"""Our harmony parser in vLLM's parser classes (imported only where vLLM serves; see serving.py).
+"""Our harmony parser in vLLM's parser classes (imported only where vLLM serves; see hooks.py).
 
 `HarmonyServingParser` subclasses vLLM's built-in `vllm.parser.harmony.HarmonyParser`, so every
 ``isinstance`` check in vLLM's chat-completions and Responses code still holds, and replaces all of
