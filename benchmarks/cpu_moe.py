@@ -56,8 +56,8 @@ import tempfile
 import time
 
 VARIANTS = ("native", "torch", "stock")
-SWIGLU_ALPHA = 1.702  # gpt-oss; stock vLLM-CPU's "swigluoai" hard-codes the same constants
-SWIGLU_LIMIT = 7.0
+# gpt-oss's constants; stock vLLM-CPU's "swigluoai" hard-codes the same
+from gptoss_kernels.reference import SWIGLU_ALPHA, SWIGLU_LIMIT  # noqa: E402
 MiB = 1024 * 1024
 MIN_TIMED = 3  # timed calls per case, at least (the median of 3 resists one outlier)
 

@@ -27,6 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 TASKS_DIR = REPO / "eval" / "tasks"
 CARD_TASKS = ("gptoss_mmlu", "gptoss_gpqa_diamond", "gptoss_aime24", "gptoss_aime25", "gptoss_gsm8k")
 ALIASES = {"card": CARD_TASKS, "gptoss_card": CARD_TASKS, "smoke": ("gptoss_smoke",)}
+# harmony's reasoning-effort names (vllm_gptoss/harmony/effort.py holds the server's copy; the eval
+# client runs where the plugin is not installed)
 EFFORTS = ("low", "medium", "high")
 
 

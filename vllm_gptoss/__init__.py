@@ -14,7 +14,7 @@ import os
 
 logger = logging.getLogger(__name__)
 
-DISABLE_ENV = "VLLM_GPTOSS_DISABLE"
+from .envs import DISABLE as DISABLE_ENV
 _registered = False
 
 
@@ -34,5 +34,8 @@ def register() -> None:
         return
     from . import registration
 
+    from .vllm_compat import check_vllm_version
+
+    check_vllm_version()  # one warning outside the tested range (or a refusal, by a switch)
     registration.register_all()
     _registered = True

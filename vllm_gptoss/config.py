@@ -10,7 +10,27 @@ from dataclasses import dataclass
 from typing import Any
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
-MXFP4_BLOCK = 32
+# Format facts have one home, the kernels package (it knows nothing of vLLM): the MXFP4 block
+# (elements per E8M0 scale) and gpt-oss's clamped-SwiGLU constants, the defaults of config.json.
+from gptoss_kernels.mxfp4 import BLOCK as MXFP4_BLOCK  # noqa: E402,F401
+from gptoss_kernels.reference import SWIGLU_ALPHA, SWIGLU_LIMIT  # noqa: E402
+
+
+def expert_shapes(E: int, H: int, I: int, mxfp4: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of one layer's expert tensors in the released checkpoint layout (`mlp.experts.<leaf>`):
+    gate_up rows interleave gate and up (row 2j gate, 2j+1 up); MXFP4 blocks hold 16 bytes = 32
+    E2M1 codes per E8M0 scale; bf16 experts are stored [E, in, out]."""
+    shapes = {"gate_up_proj_bias": (E, 2 * I), "down_proj_bias": (E, H)}
+    if mxfp4:
+        shapes.update({
+            "gate_up_proj_blocks": (E, 2 * I, H // MXFP4_BLOCK, MXFP4_BLOCK // 2),
+            "gate_up_proj_scales": (E, 2 * I, H // MXFP4_BLOCK),
+            "down_proj_blocks": (E, H, I // MXFP4_BLOCK, MXFP4_BLOCK // 2),
+            "down_proj_scales": (E, H, I // MXFP4_BLOCK),
+        })
+    else:
+        shapes.update({"gate_up_proj": (E, H, 2 * I), "down_proj": (E, I, H)})
+    return shapes
 
 
 class GptOssConfigError(ValueError):
@@ -105,8 +125,8 @@ class GptOssArgs:
             rope_parameters=rope,
             max_position_embeddings=_positive_int(cfg, "max_position_embeddings"),
             rms_norm_eps=float(_get(cfg, "rms_norm_eps", 1e-5)),
-            swiglu_alpha=float(_get(cfg, "swiglu_alpha", 1.702)),
-            swiglu_limit=float(_get(cfg, "swiglu_limit", 7.0)),
+            swiglu_alpha=float(_get(cfg, "swiglu_alpha", SWIGLU_ALPHA)),
+            swiglu_limit=float(_get(cfg, "swiglu_limit", SWIGLU_LIMIT)),
             quant_method=quant_method,
         )
         if quant_method == "mxfp4":

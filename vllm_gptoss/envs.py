@@ -1,32 +1,46 @@
-"""Every environment variable vllm-gptoss reads, in one place.
-
-vLLM warns about (or, with strict validation, refuses) unknown `VLLM_*` variables; `declare()` adds
-ours to vLLM's table so that setting them is not flagged.
+"""Every environment variable vllm-gptoss reads, in one place: each name is defined here once and
+imported where it is read; `ENV_VARS` (name -> what it does) is what README's table documents and
+what `declare()` adds to vLLM's table, so that setting them is not flagged as unknown (vLLM warns
+about unknown `VLLM_*` variables, or refuses them with strict validation).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+DISABLE = "VLLM_GPTOSS_DISABLE"
+STRICT_VLLM_VERSION = "VLLM_GPTOSS_STRICT_VLLM_VERSION"
+TRITON_MOE = "VLLM_GPTOSS_TRITON_MOE"
+CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
+HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
+REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
+THINKING_BUDGET = "VLLM_GPTOSS_THINKING_BUDGET"
+MAX_N = "VLLM_GPTOSS_MAX_N"
+CACHE = "VLLM_GPTOSS_CACHE"
+FIXTURE_THREADS = "VLLM_GPTOSS_FIXTURE_THREADS"
 
 ENV_VARS = {
-    "VLLM_GPTOSS_DISABLE": "1/true: the plugin registers nothing; vLLM's built-in gpt-oss code runs",
-    "VLLM_GPTOSS_TRITON_MOE": "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
-    "VLLM_GPTOSS_CPU_NATIVE": "0: use the torch MXFP4 MoE path on the CPU instead of the native (C++) kernel",
-    "VLLM_GPTOSS_HARMONY_PARSER": "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
-    "VLLM_GPTOSS_REASONING_EFFORT": "low|medium|high: server-wide default reasoning effort for gpt-oss",
-    "VLLM_GPTOSS_THINKING_BUDGET": "N: server-wide default thinking_token_budget (analysis tokens per turn) for gpt-oss",
-    "VLLM_GPTOSS_MAX_N": "largest `n` (choices per chat request) the harmony server accepts (default 16)",
-    "VLLM_GPTOSS_CACHE": "directory for the fixture model and built native kernels (default ~/.cache/vllm-gptoss)",
-    "VLLM_GPTOSS_FIXTURE_THREADS": "torch threads used to train the tiny harmony fixture model",
+    DISABLE: "1/true: the plugin registers nothing; vLLM's built-in gpt-oss code runs",
+    STRICT_VLLM_VERSION: "1: refuse to register on a vLLM release other than the tested one "
+                         "(default: one warning naming both versions)",
+    TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
+    CPU_NATIVE: "0: use the torch MXFP4 MoE path on the CPU instead of the native (C++) kernel",
+    HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
+    REASONING_EFFORT: "low|medium|high: server-wide default reasoning effort for gpt-oss",
+    THINKING_BUDGET: "N: server-wide default thinking_token_budget (analysis tokens per turn) for gpt-oss",
+    MAX_N: "largest `n` (choices per chat request) the harmony server accepts (default 16)",
+    CACHE: "directory for the fixture model and built native kernels (default ~/.cache/vllm-gptoss)",
+    FIXTURE_THREADS: "torch threads used to train the tiny harmony fixture model (development side)",
 }
 
 
+def cache_root() -> Path:
+    """VLLM_GPTOSS_CACHE, else ~/.cache/vllm-gptoss."""
+    return Path(os.environ.get(CACHE) or Path.home() / ".cache" / "vllm-gptoss")
+
+
 def declare() -> None:
-    try:
-        from vllm import envs
-    except ImportError:
-        return
-    table = getattr(envs, "environment_variables", None)
-    if isinstance(table, dict):
-        for name in ENV_VARS:
-            table.setdefault(name, lambda name=name: os.environ.get(name))
+    from .vllm_compat import declare_env_variables
+
+    declare_env_variables(ENV_VARS)

@@ -14,9 +14,9 @@ def _qualname(obj) -> str:
 
 
 def describe_model(model) -> dict:
-    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+    from .vllm_compat import routed_experts_class
 
-    routed = [m for m in model.modules() if isinstance(m, RoutedExperts)]
+    routed = [m for m in model.modules() if isinstance(m, routed_experts_class())]
     return {
         "model_class": _qualname(model),
         "moe_methods": sorted({_qualname(m.quant_method) for m in routed}),
@@ -32,7 +32,7 @@ def compile_state(model) -> dict:
     the compilation mode at construction) and whether that has happened (`compiled`, set by the
     first compiled forward of the warm-up), plus vLLM's and Dynamo's process-wide counters."""
     from torch._dynamo.utils import counters
-    from vllm.compilation.counter import compilation_counter
+    from .vllm_compat import compilation_counters
 
     modules = {}
     for name, m in model.named_modules():
@@ -40,9 +40,7 @@ def compile_state(model) -> dict:
             modules[name or "."] = {"class": _qualname(m), "do_not_compile": bool(m.do_not_compile),
                                     "compiled": bool(getattr(m, "compiled", False))}
     return {"modules": modules,
-            "num_models_seen": compilation_counter.num_models_seen,
-            "num_graphs_seen": compilation_counter.num_graphs_seen,
-            "num_backend_compilations": compilation_counter.num_backend_compilations,
+            **compilation_counters(),
             # Dynamo's own counters in this process: a graph break or a second graph (a
             # recompilation, e.g. per batch size) would show here
             "graph_breaks": sum(counters["graph_break"].values()),

@@ -20,10 +20,11 @@ import torch
 
 from gptoss_kernels.reference import moe_reference
 
-logger = logging.getLogger(__name__)
+from .envs import CPU_NATIVE as CPU_NATIVE_ENV  # "0" forces the torch path on the CPU
+from .envs import TRITON_MOE as USE_TRITON_ENV  # "0" forces the torch path on CUDA
+from .envs import cache_root
 
-USE_TRITON_ENV = "VLLM_GPTOSS_TRITON_MOE"  # "0" forces the torch path on CUDA
-CPU_NATIVE_ENV = "VLLM_GPTOSS_CPU_NATIVE"  # "0" forces the torch path on the CPU
+logger = logging.getLogger(__name__)
 
 
 @torch.library.custom_op("vllm_gptoss::moe_torch", mutates_args=())
@@ -99,8 +100,7 @@ _native_error = None    # why it is unavailable (warned once)
 
 
 def native_cache_root() -> str:
-    base = os.environ.get("VLLM_GPTOSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vllm-gptoss")
-    return os.path.join(base, "native")
+    return str(cache_root() / "native")
 
 
 def cpu_native_kernel():

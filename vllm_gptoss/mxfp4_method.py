@@ -23,14 +23,14 @@ import logging
 import torch
 
 from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
-from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
 from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.utils import set_weight_attrs
 
 from . import moe_ops
-from .config import MXFP4_BLOCK
+from . import vllm_compat
+from .config import MXFP4_BLOCK, SWIGLU_ALPHA, SWIGLU_LIMIT, expert_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ CLAIMED_METHODS = ("mxfp4", "gpt_oss_mxfp4", QUANT_NAME)
 
 @register_quantization_config(QUANT_NAME)
 class GptOssMxfp4Config(QuantizationConfig):
-    def __init__(self, modules_to_not_convert: list[str] | None = None):
-        super().__init__()
-        self.modules_to_not_convert = modules_to_not_convert or []
+    # The checkpoint's `modules_to_not_convert` (attention, router, embeddings, lm_head) is not
+    # read: in gpt-oss only the experts are MXFP4, and get_quant_method below quantizes nothing else.
 
     @classmethod
     def get_name(cls) -> str:
@@ -65,7 +64,7 @@ class GptOssMxfp4Config(QuantizationConfig):
 
     @classmethod
     def from_config(cls, config: dict) -> "GptOssMxfp4Config":
-        return cls(config.get("modules_to_not_convert"))
+        return cls()
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None) -> str | None:
@@ -84,7 +83,7 @@ class GptOssMxfp4Config(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if isinstance(layer, LinearBase):
             return UnquantizedLinearMethod()
-        if isinstance(layer, RoutedExperts):
+        if isinstance(layer, vllm_compat.routed_experts_class()):
             return GptOssMxfp4MoEMethod(layer.moe_config)
         return None
 
@@ -114,12 +113,16 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
             layer.register_parameter(name, p)
             set_weight_attrs(p, {"weight_loader": extra_weight_attrs.get("weight_loader")})
 
-        add("w13_weight", (E, 2 * I, H // 2), torch.uint8)
-        add("w13_weight_scale", (E, 2 * I, H // MXFP4_BLOCK), torch.uint8)
-        add("w2_weight", (E, H, I // 2), torch.uint8)
-        add("w2_weight_scale", (E, H, I // MXFP4_BLOCK), torch.uint8)
-        add("w13_bias", (E, 2 * I), bias_dtype)
-        add("w2_bias", (E, H), bias_dtype)
+        # the checkpoint's shapes for this rank's slice, each expert row's blocks flattened
+        # ([.., K/32, 16] -> [.., K/2]: the same bytes) so vLLM's loaders see 3-d tensors
+        ckpt = expert_shapes(E, H, I, mxfp4=True)
+        flat = lambda s: (*s[:-2], s[-2] * s[-1])  # noqa: E731
+        add("w13_weight", flat(ckpt["gate_up_proj_blocks"]), torch.uint8)
+        add("w13_weight_scale", ckpt["gate_up_proj_scales"], torch.uint8)
+        add("w2_weight", flat(ckpt["down_proj_blocks"]), torch.uint8)
+        add("w2_weight_scale", ckpt["down_proj_scales"], torch.uint8)
+        add("w13_bias", ckpt["gate_up_proj_bias"], bias_dtype)
+        add("w2_bias", ckpt["down_proj_bias"], bias_dtype)
 
     def get_fused_moe_quant_config(self, layer):
         return None
@@ -131,11 +134,12 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
 
     def apply(self, layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input):
         ids = topk_ids
-        if layer.expert_map is not None:  # global -> local expert ids, -1 for other ranks' experts
-            ids = layer.expert_map[topk_ids.long()]
+        expert_map = vllm_compat.expert_map(layer)
+        if expert_map is not None:  # global -> local expert ids, -1 for other ranks' experts
+            ids = expert_map[topk_ids.long()]
         ids = ids.to(torch.int32)
-        alpha = layer.swiglu_alpha if layer.swiglu_alpha is not None else 1.702
-        limit = layer.swiglu_limit if layer.swiglu_limit is not None else 7.0
+        alpha = layer.swiglu_alpha if layer.swiglu_alpha is not None else SWIGLU_ALPHA
+        limit = layer.swiglu_limit if layer.swiglu_limit is not None else SWIGLU_LIMIT
         if self.prepared is not None:
             return moe_ops.triton_moe(x, topk_weights, ids, self.prepared, alpha, limit)
         native = getattr(self, "cpu_native", None)  # absent when process_weights_after_loading never ran

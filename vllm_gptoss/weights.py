@@ -21,7 +21,8 @@ import torch
 from gptoss_kernels.mxfp4 import quantize
 from vllm.model_executor.models.utils import is_pp_missing_parameter
 
-from .config import MXFP4_BLOCK, GptOssArgs
+from . import vllm_compat
+from .config import MXFP4_BLOCK, GptOssArgs, expert_shapes
 
 
 class CheckpointError(ValueError):
@@ -61,21 +62,9 @@ def expected_tensors(args: GptOssArgs) -> dict[str, Expected]:
             p + "self_attn.sinks": f(nq),
             p + "mlp.router.weight": f(E, H),
             p + "mlp.router.bias": f(E),
-            p + "mlp.experts.gate_up_proj_bias": f(E, 2 * I),
-            p + "mlp.experts.down_proj_bias": f(E, H),
         })
-        if args.quant_method == "mxfp4":
-            out.update({
-                p + "mlp.experts.gate_up_proj_blocks": u8(E, 2 * I, H // MXFP4_BLOCK, 16),
-                p + "mlp.experts.gate_up_proj_scales": u8(E, 2 * I, H // MXFP4_BLOCK),
-                p + "mlp.experts.down_proj_blocks": u8(E, H, I // MXFP4_BLOCK, 16),
-                p + "mlp.experts.down_proj_scales": u8(E, H, I // MXFP4_BLOCK),
-            })
-        else:
-            out.update({
-                p + "mlp.experts.gate_up_proj": f(E, H, 2 * I),
-                p + "mlp.experts.down_proj": f(E, I, H),
-            })
+        for leaf, shape in expert_shapes(E, H, I, args.quant_method == "mxfp4").items():
+            out[p + "mlp.experts." + leaf] = (u8 if leaf.endswith(("_blocks", "_scales")) else f)(*shape)
     return out
 
 
@@ -121,15 +110,55 @@ def _copy(param: torch.Tensor, src: torch.Tensor, name: str) -> None:
     _corner(param, tuple(src.shape), name).copy_(src.to(param.dtype))
 
 
+# checkpoint expert tensor (leaf name) -> vLLM's RoutedExperts parameter
+_EXPERT_PARAMS = {
+    "gate_up_proj_blocks": "w13_weight", "gate_up_proj_scales": "w13_weight_scale",
+    "gate_up_proj_bias": "w13_bias", "gate_up_proj": "w13_weight",
+    "down_proj_blocks": "w2_weight", "down_proj_scales": "w2_weight_scale",
+    "down_proj_bias": "w2_bias", "down_proj": "w2_weight",
+}
+
+
+def _local_experts(t: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
+    """The experts this rank holds, in local-id order (expert parallelism); all without EP."""
+    if expert_map is None:
+        return t
+    emap = expert_map.cpu()
+    global_ids = (emap >= 0).nonzero(as_tuple=True)[0]
+    return t[global_ids[emap[global_ids].argsort()]]
+
+
+def _to_param_layout(leaf: str, t: torch.Tensor, lo: int, hi: int, moe_tp_rank: int) -> torch.Tensor:
+    """Slice [lo, hi) of the intermediate dimension and change the checkpoint layout to vLLM's."""
+    if leaf in ("gate_up_proj_blocks", "gate_up_proj_scales", "gate_up_proj_bias"):
+        t = t[:, 2 * lo: 2 * hi]  # rows interleave gate/up, so 2j and 2j+1 travel together
+        if leaf == "gate_up_proj_blocks":
+            t = t.flatten(-2)  # [E, 2I, H/32, 16] -> vLLM's [E, 2I, H/2]
+    elif leaf == "down_proj_blocks":
+        t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK].flatten(-2)
+    elif leaf == "down_proj_scales":
+        t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK]
+    elif leaf == "down_proj_bias":
+        if moe_tp_rank != 0:  # the TP all-reduce sums the ranks' outputs: add the bias once
+            t = torch.zeros_like(t)
+    elif leaf == "gate_up_proj":  # bf16 [E, H, 2I] -> [E, 2I_local, H]
+        t = t[:, :, 2 * lo: 2 * hi].transpose(1, 2)
+    elif leaf == "down_proj":  # bf16 [E, I, H] -> [E, H, I_local]
+        t = t[:, lo:hi, :].transpose(1, 2)
+    return t
+
+
 class GptOssWeightLoader:
     """Streams (name, tensor) pairs from vLLM's loader into a `GptOssForCausalLM`."""
 
     _QKV = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
 
-    def __init__(self, model: torch.nn.Module, args: GptOssArgs, tp_rank: int, tp_size: int):
+    def __init__(self, model: torch.nn.Module, args: GptOssArgs, attn_tp_rank: int, attn_tp_size: int):
         self.model = model
         self.args = args
-        self.tp_rank, self.tp_size = tp_rank, tp_size
+        # the rank in the tensor-parallel group of attention (the sinks are sliced by head);
+        # the MoE's own sharding comes from its layer (`_intermediate_slice`)
+        self.attn_tp_rank, self.attn_tp_size = attn_tp_rank, attn_tp_size
         self.params = dict(model.named_parameters())
         self.expected = expected_tensors(args)
 
@@ -167,7 +196,7 @@ class GptOssWeightLoader:
         if leaf == "sinks":
             param = self._param(name)
             heads = param.shape[0]
-            _copy(param, t.narrow(0, self.tp_rank * heads, heads), name)
+            _copy(param, t.narrow(0, self.attn_tp_rank * heads, heads), name)
             return (name,)
         param = self._param(name)
         loader = getattr(param, "weight_loader", None)
@@ -178,56 +207,36 @@ class GptOssWeightLoader:
         return (name,)
 
     def _load_expert_tensor(self, name: str, t: torch.Tensor) -> tuple[str, ...]:
+        """One checkpoint expert tensor into its parameter, in four steps: this rank's experts
+        (expert parallelism), this rank's slice of the intermediate dimension (the MoE's tensor
+        parallelism), vLLM's layout, and, for bf16 experts in an MXFP4 model, quantization."""
         layer_prefix, _, leaf = name.partition(".mlp.experts.")
         routed = self.model.get_submodule(f"{layer_prefix}.mlp.experts.routed_experts")
-        par = routed.moe_config.moe_parallel_config
-        target = {
-            "gate_up_proj_blocks": "w13_weight", "gate_up_proj_scales": "w13_weight_scale",
-            "gate_up_proj_bias": "w13_bias", "gate_up_proj": "w13_weight",
-            "down_proj_blocks": "w2_weight", "down_proj_scales": "w2_weight_scale",
-            "down_proj_bias": "w2_bias", "down_proj": "w2_weight",
-        }[leaf]
-        pname = f"{layer_prefix}.mlp.experts.routed_experts.{target}"
-        param = self._param(pname)
-
-        # Experts on this rank (expert parallelism) ...
-        if routed.expert_map is not None:
-            emap = routed.expert_map.cpu()
-            global_ids = (emap >= 0).nonzero(as_tuple=True)[0]
-            order = emap[global_ids].argsort()
-            t = t[global_ids[order]]
-        # ... and this rank's slice of the intermediate dimension (tensor parallelism).
-        I = self.args.intermediate_size
-        tp, rank = (1, 0) if par.use_ep else (par.tp_size, par.tp_rank)
+        pname = f"{layer_prefix}.mlp.experts.routed_experts.{_EXPERT_PARAMS[leaf]}"
         # Experts held as MXFP4: an MXFP4 checkpoint, or a bf16 one quantized while loading.
         quantized = routed.w13_weight.dtype == torch.uint8
+        t = _local_experts(t, vllm_compat.expert_map(routed))
+        lo, hi, moe_tp_rank = self._intermediate_slice(routed, quantized, name)
+        t = _to_param_layout(leaf, t, lo, hi, moe_tp_rank)
+        if quantized and leaf in ("gate_up_proj", "down_proj"):
+            return self._quantize_into(pname, t, name)
+        _copy(self._param(pname), t, name)
+        return (pname,)
+
+    def _intermediate_slice(self, routed, quantized: bool, name: str) -> tuple[int, int, int]:
+        """[lo, hi) of the intermediate dimension this rank's MoE holds, and its MoE TP rank (not
+        the attention TP rank `attn_tp_rank`: with expert parallelism the MoE does not slice)."""
+        I = self.args.intermediate_size
+        use_ep, moe_tp_size, moe_tp_rank = vllm_compat.expert_sharding(routed)
+        if use_ep:
+            moe_tp_size, moe_tp_rank = 1, 0
         if quantized and I % MXFP4_BLOCK:
             raise CheckpointError(
                 f"MXFP4 experts need intermediate_size to be a multiple of {MXFP4_BLOCK}: config.json "
                 f"has {I} ('{name}')")
-        step = MXFP4_BLOCK if quantized else 1
-        per_rank = -(-(I // step) // tp) * step
-        lo, hi = min(rank * per_rank, I), min((rank + 1) * per_rank, I)
-
-        if leaf in ("gate_up_proj_blocks", "gate_up_proj_scales", "gate_up_proj_bias"):
-            t = t[:, 2 * lo: 2 * hi]  # rows interleave gate/up, so 2j and 2j+1 travel together
-            if leaf == "gate_up_proj_blocks":
-                t = t.flatten(-2)  # [E, 2I, H/32, 16] -> vLLM's [E, 2I, H/2]
-        elif leaf == "down_proj_blocks":
-            t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK].flatten(-2)
-        elif leaf == "down_proj_scales":
-            t = t[:, :, lo // MXFP4_BLOCK: hi // MXFP4_BLOCK]
-        elif leaf == "down_proj_bias":
-            if rank != 0:  # the TP all-reduce sums the ranks' outputs: add the bias once
-                t = torch.zeros_like(t)
-        elif leaf == "gate_up_proj":  # bf16 [E, H, 2I] -> [E, 2I_local, H]
-            t = t[:, :, 2 * lo: 2 * hi].transpose(1, 2)
-        elif leaf == "down_proj":  # bf16 [E, I, H] -> [E, H, I_local]
-            t = t[:, lo:hi, :].transpose(1, 2)
-        if quantized and leaf in ("gate_up_proj", "down_proj"):
-            return self._quantize_into(pname, t, name)
-        _copy(param, t, name)
-        return (pname,)
+        step = MXFP4_BLOCK if quantized else 1  # MXFP4 shards hold whole scale blocks
+        per_rank = -(-(I // step) // moe_tp_size) * step
+        return min(moe_tp_rank * per_rank, I), min((moe_tp_rank + 1) * per_rank, I), moe_tp_rank
 
     def _quantize_into(self, base: str, t: torch.Tensor, name: str) -> tuple[str, ...]:
         """bf16 experts [E, N, K] -> MXFP4 blocks `base` [E, N, K/2] and scales `base`_scale [E, N, K/32],

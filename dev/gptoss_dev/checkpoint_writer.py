@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gptoss_kernels.mxfp4 import quantize
+from vllm_gptoss.config import expert_shapes
 
 MXFP4_QUANTIZATION_CONFIG = {
     "quant_method": "mxfp4",
@@ -158,6 +159,7 @@ def random_state_dict(config: dict, seed: int = 0, std: float = 0.02,
     H, I, E = config["hidden_size"], config["intermediate_size"], config["num_local_experts"]
     nq, nkv, d = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
     V = config["vocab_size"]
+    experts = expert_shapes(E, H, I, mxfp4=False)  # float weights; save_checkpoint may quantize
     sd = {
         "model.embed_tokens.weight": rnd(V, H, s=1.0),
         "lm_head.weight": rnd(V, H, s=H ** -0.5),
@@ -179,9 +181,9 @@ def random_state_dict(config: dict, seed: int = 0, std: float = 0.02,
             p + "self_attn.sinks": rnd(nq, s=1.0),
             p + "mlp.router.weight": rnd(E, H, s=H ** -0.5),
             p + "mlp.router.bias": rnd(E, s=0.1),
-            p + "mlp.experts.gate_up_proj": rnd(E, H, 2 * I, s=H ** -0.5),
-            p + "mlp.experts.gate_up_proj_bias": rnd(E, 2 * I, s=0.1),
-            p + "mlp.experts.down_proj": rnd(E, I, H, s=I ** -0.5),
-            p + "mlp.experts.down_proj_bias": rnd(E, H, s=0.1),
+            p + "mlp.experts.gate_up_proj": rnd(*experts["gate_up_proj"], s=H ** -0.5),
+            p + "mlp.experts.gate_up_proj_bias": rnd(*experts["gate_up_proj_bias"], s=0.1),
+            p + "mlp.experts.down_proj": rnd(*experts["down_proj"], s=I ** -0.5),
+            p + "mlp.experts.down_proj_bias": rnd(*experts["down_proj_bias"], s=0.1),
         })
     return sd

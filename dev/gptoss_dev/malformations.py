@@ -1,6 +1,6 @@
 """The harmony malformations our parser recovers: one row per kind, shared by tests and the fixture.
 
-Each row says what a real gpt-oss model has been seen to emit (user-pain.md sections 1 and 2) and
+Each row says what a real gpt-oss model has been seen to emit (in public vLLM / gpt-oss issue reports) and
 what our parser turns it into. Three users read this table:
 
 - tests/harmony/ feed `completion` to the parser (token ids from the real o200k_harmony encoding)
@@ -164,7 +164,7 @@ MALFORMATIONS: tuple[Malformation, ...] = (
         counted_as=("text_after_stop",),
     ),
     Malformation(
-        # Legal per harmony's format.md (the HF chat template renders tool calls this way), but
+        # Legal per harmony's docs/format.md (the HF chat template renders tool calls this way), but
         # vLLM's own renderer comment calls it a shape the model echoes; parsed, not counted.
         kind="recipient_in_role",
         trigger="Drill recipient in role: what is the weather in Lima?",

@@ -99,10 +99,10 @@ def _adjust(api: str, body: dict):
 def test_in_process_rejection_names_the_parameter(case):
     import vllm.entrypoints.openai.responses.protocol as responses_protocol
 
-    from vllm_gptoss.harmony import hooks
+    from vllm_gptoss import vllm_compat
 
     # Only the Responses tool_choice hook (its message); idempotent.
-    hooks._patch_responses_tool_choice(responses_protocol)
+    vllm_compat.patch_responses_tool_choice(responses_protocol)
     _, api, body, param, reason = case
     before = metrics.rejections(param)
     with pytest.raises(VLLMValidationError) as err:

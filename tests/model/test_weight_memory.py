@@ -8,8 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# The model card: gpt-oss-20b fits 16 GB, gpt-oss-120b one 80 GB GPU. perf-anchors.md computes
-# 13.8 GB and 65.3 GB resident for MXFP4 experts + bf16 rest.
+# The model card: gpt-oss-20b fits 16 GB, gpt-oss-120b one 80 GB GPU. The resident bytes
+# are 13.8 GB and 65.3 GB for MXFP4 experts + bf16 rest.
 LIMITS_GB = {"gpt-oss-20b": 13.8, "gpt-oss-120b": 65.3}
 LAYERS_EXPERTS = {"gpt-oss-20b": (24, 32), "gpt-oss-120b": (36, 128)}
 

@@ -27,7 +27,7 @@ from functools import cache
 from typing import Any
 
 PARAM = "thinking_token_budget"
-DEFAULT_ENV = "VLLM_GPTOSS_THINKING_BUDGET"
+from ..envs import THINKING_BUDGET as DEFAULT_ENV
 XARG = "vllm_gptoss_thinking_budget"
 PROCESSOR = "vllm_gptoss.harmony.budget:HarmonyBudgetLogitsProcessor"
 
@@ -54,7 +54,7 @@ def server_default() -> int | None:
 
 def check(value: Any, parameter: str = PARAM) -> int | None:
     """vLLM's own rule (a non-negative integer, or -1 for unlimited -> None), 400 naming it."""
-    from vllm.sampling_params import validate_thinking_token_budget
+    from ..vllm_compat import validate_thinking_token_budget
 
     try:
         return validate_thinking_token_budget(value)

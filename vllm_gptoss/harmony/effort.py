@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 EFFORTS = ("low", "medium", "high")
-DEFAULT_ENV = "VLLM_GPTOSS_REASONING_EFFORT"
+from ..envs import REASONING_EFFORT as DEFAULT_ENV
 
 _LINE_RE = re.compile(r"^[ \t]*Reasoning:[ \t]*([A-Za-z_-]+)[ \t]*\.?[ \t]*$", re.MULTILINE)
 

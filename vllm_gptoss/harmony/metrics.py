@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import threading
 
+from ..vllm_compat import registered_collector
+
 NAME = "vllm_gptoss:harmony_recoveries"
 _lock = threading.Lock()
 _counter = None
@@ -30,7 +32,7 @@ def recoveries():
 
                 from .parser import RECOVERY_KINDS
 
-                existing = getattr(REGISTRY, "_names_to_collectors", {}).get(NAME + "_total")
+                existing = registered_collector(REGISTRY, NAME + "_total")
                 if existing is not None:  # re-imported module (tests): reuse the series
                     _counter = existing
                 else:
@@ -51,7 +53,10 @@ def record(kind: str) -> None:
 
 def value(kind: str) -> float:
     """Current count of one kind in this process (for tests)."""
-    return recoveries().labels(kind=kind)._value.get()
+    recoveries()
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(NAME + "_total", {"kind": kind}) or 0.0
 
 
 # --- rejected requests (request_checks.py) -------------------------------------------------------
@@ -70,7 +75,7 @@ def rejected():
             if _rejected is None:
                 from prometheus_client import REGISTRY, Counter
 
-                existing = getattr(REGISTRY, "_names_to_collectors", {}).get(REJECTED_NAME + "_total")
+                existing = registered_collector(REGISTRY, REJECTED_NAME + "_total")
                 _rejected = existing or Counter(
                     REJECTED_NAME,
                     "Requests that vllm-gptoss rejected with a 400 before they ran, by parameter.",
@@ -91,4 +96,7 @@ def record_rejection(param: str | None) -> None:
 
 def rejections(param: str | None) -> float:
     """Current count for one parameter in this process (for tests)."""
-    return rejected().labels(param=param_label(param))._value.get()
+    rejected()
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(REJECTED_NAME + "_total", {"param": param_label(param)}) or 0.0

@@ -4,9 +4,9 @@ It reads what a gpt-oss model emits after the prompt's ``<|start|>assistant`` on
 time and reports, per token, the text that became visible on which channel for which recipient,
 plus every message as it completes. It knows nothing of vLLM; `hooks.py` adapts it.
 
-Grammar (harmony ``format.md``): ``<|start|>ROLE[ to=R]<|channel|>CHANNEL[ to=R][ [<|constrain|>]TYPE]
+Grammar (``docs/format.md`` of github.com/openai/harmony): ``<|start|>ROLE[ to=R]<|channel|>CHANNEL[ to=R][ [<|constrain|>]TYPE]
 <|message|>TEXT<|end|>|<|call|>|<|return|>``. The recipient may sit after the role or after the
-channel. Real models break it (user-pain.md sections 1-2); each repair below is counted under a
+channel. Real models break it (the rows of dev/gptoss_dev/malformations.py, each from a public report); each repair below is counted under a
 kind name (`RECOVERY_KINDS`) through the ``on_recovery`` callback:
 
     doubled_start        <|start|><|start|>            the second one is dropped
@@ -663,8 +663,9 @@ class HarmonyStreamParser:
 
 def encoding_token_bytes(encoding) -> Callable[[int], bytes]:
     """Bytes of one token id from an `openai_harmony.HarmonyEncoding` (cached)."""
-    inner = getattr(encoding, "_inner", None)
-    decode_bytes = getattr(inner, "decode_bytes", None)
+    from ..vllm_compat import harmony_decode_bytes
+
+    decode_bytes = harmony_decode_bytes(encoding)
     cache: dict[int, bytes] = {}
 
     def token_bytes(t: int) -> bytes:

@@ -60,9 +60,9 @@ STOCK: dict[str, Callable] = {}
 
 
 def _encoding():
-    from vllm.entrypoints.openai.parser.harmony_utils import get_encoding
+    from ..vllm_compat import harmony_encoding
 
-    return get_encoding()
+    return harmony_encoding()
 
 
 def _text(content: Any) -> str:
@@ -165,9 +165,9 @@ def chat_messages_to_harmony(chat_msgs: Sequence[Any]) -> list[Message]:
 
 
 def _stock_parse_one():
-    from vllm.entrypoints.openai.parser import harmony_utils
+    from ..vllm_compat import stock_chat_message_to_harmony
 
-    return harmony_utils.parse_chat_input_to_harmony_message
+    return stock_chat_message_to_harmony()
 
 
 def mark_preambles(messages: Sequence[Message]) -> list[Message]:
@@ -228,9 +228,9 @@ def render_for_completion(messages: list[Message]) -> list[int]:
         config=RenderConversationConfig(auto_drop_analysis=False),  # done above, on whole history
     )
     if LEGACY_TOOL_CALL_HEADERS:
-        from vllm.entrypoints.openai.parser import harmony_utils
+        from ..vllm_compat import legacy_tool_call_headers
 
-        ids = harmony_utils._use_legacy_tool_call_headers(ids)
+        ids = legacy_tool_call_headers(ids)
     return ids
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-MAX_N_ENV = "VLLM_GPTOSS_MAX_N"
+from ..envs import MAX_N as MAX_N_ENV
 DEFAULT_MAX_N = 16  # each choice is a full sequence in the batch; OpenAI itself caps n at 128
 OPENAI_MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs is the same
 
@@ -91,8 +91,10 @@ def constraint_sources(request: Any) -> list[tuple[str, str, Any]]:
 def compile_constraint(kind: str, spec: Any, param: str) -> None:
     """Compile one constraint with xgrammar (grammar level, as vLLM's validation does)."""
     import xgrammar as xgr
-    from vllm.sampling_params import check_json_nesting
-    from vllm.v1.structured_output.utils import compile_regex_with_timeout, grammar_is_likely_lark
+
+    from ..vllm_compat import structured_output_checks
+
+    vllm_checks = structured_output_checks()
 
     what = {"json": "JSON schema", "regex": "regex", "grammar": "grammar"}[kind]
     try:
@@ -104,11 +106,11 @@ def compile_constraint(kind: str, spec: Any, param: str) -> None:
                     raise ValueError(f"not valid JSON ({e})") from e
             if not isinstance(spec, (dict, bool)):
                 raise ValueError(f"expected a JSON object, found {type(spec).__name__}")
-            check_json_nesting(spec)
+            vllm_checks.check_json_nesting(spec)
             xgr.Grammar.from_json_schema(json.dumps(spec))
         elif kind == "regex":
-            compile_regex_with_timeout(xgr.Grammar.from_regex, spec)
-        elif grammar_is_likely_lark(spec):
+            vllm_checks.compile_regex_with_timeout(xgr.Grammar.from_regex, spec)
+        elif vllm_checks.grammar_is_likely_lark(spec):
             xgr.Grammar.from_lark(spec)
         else:
             xgr.Grammar.from_ebnf(spec)
@@ -137,11 +139,12 @@ def check_final_constraint(request: Any, sources: list[tuple[str, str, Any]]) ->
     if params is None:
         return
     from vllm.sampling_params import SamplingParams
-    from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+    from ..vllm_compat import structured_output_checks
 
     try:
         # A copy: validate_xgrammar_grammar rewrites `choice` into `grammar` in place.
-        validate_xgrammar_grammar(SamplingParams(structured_outputs=replace(params)))
+        structured_output_checks().validate_xgrammar_grammar(SamplingParams(structured_outputs=replace(params)))
         return
     except Exception as e:  # noqa: BLE001
         failure = e

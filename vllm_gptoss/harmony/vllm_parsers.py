@@ -29,20 +29,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from openai_harmony import Message, Role
-from vllm.entrypoints.generate.base.protocol import (
-    DeltaFunctionCall,
-    DeltaMessage,
-    DeltaToolCall,
-    FunctionCall,
-)
 from vllm.exceptions import VLLMValidationError
-from vllm.parser.harmony import ChunkResult, HarmonyParser, Segment
-from vllm.reasoning.gptoss_reasoning_parser import GptOssReasoningParser
-from vllm.renderers.chat_utils import make_tool_call_id
-from vllm.tool_parsers.gptoss_tool_parser import GptOssToolParser
+
+from ..vllm_compat import harmony_parser_api, reasoning_parser_model_config
 
 from . import effort, metrics, request_checks
 from .parser import FUNCTIONS_PREFIX, Event, HarmonyStreamParser, ParsedMessage, make_parser
+
+_api = harmony_parser_api()  # vLLM 0.32's parser classes (vllm_compat.py says from where)
+DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall = (
+    _api.DeltaFunctionCall, _api.DeltaMessage, _api.DeltaToolCall, _api.FunctionCall)
+ChunkResult, HarmonyParser, Segment = _api.ChunkResult, _api.HarmonyParser, _api.Segment
+GptOssReasoningParser, GptOssToolParser = _api.GptOssReasoningParser, _api.GptOssToolParser
+make_tool_call_id = _api.make_tool_call_id
 
 
 class GptOssHarmonyReasoningParser(GptOssReasoningParser):
@@ -304,7 +303,7 @@ class HarmonyServingParser(HarmonyParser):
         try:
             effort.apply(request)
             validate_tools(request)
-            model_config = getattr(self._reasoning_parser, "_model_config", None)
+            model_config = reasoning_parser_model_config(self._reasoning_parser)
             sources = request_checks.check_request(request, model_config)
             try:
                 request = super().adjust_request(request)
