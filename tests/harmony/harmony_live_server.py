@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -170,6 +171,32 @@ class LiveServer:
         self._log.close()
         if not os.environ.get("HARMONY_KEEP_SERVER_LOGS"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def fixture_model() -> str:
+    """The model the live tests serve: the trained fixture (gptoss_dev.fixture), built on first use."""
+    path = os.environ.get("HARMONY_TEST_MODEL")  # developer aid: any gpt-oss checkpoint dir
+    if not path:
+        from gptoss_dev.fixture import ensure_fixture
+
+        path = ensure_fixture()
+    return str(path)
+
+
+@contextmanager
+def serving(name: str, extra_args=(), env=None, ready_timeout: float = 900):
+    """A ready LiveServer of the fixture model (system date pinned to the one it was trained with)
+    for the block; stopped after it. Every live harmony server starts here."""
+    from gptoss_dev.fixture import corpus
+
+    s = LiveServer(
+        fixture_model(), extra_args, env={corpus.DATE_ENV: corpus.FIXTURE_DATE, **(env or {})}, name=name
+    )
+    try:
+        s.wait_ready(ready_timeout)
+        yield s
+    finally:
+        s.stop()
 
 
 def _q(s: str) -> str:

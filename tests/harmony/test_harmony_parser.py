@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from openai_harmony import Message, Role, StreamableParser
+from parser_harness import ENC, OURS, STOCK, TOK, examples, ids_of
 
 from vllm_gptoss.harmony import metrics
 from gptoss_dev.malformations import MALFORMATIONS, Malformation
@@ -19,31 +20,19 @@ from vllm_gptoss.harmony.parser import (
     RECOVERY_KINDS,
     HarmonyStreamParser,
     SpecialTokens,
-    default_encoding,
     make_parser,
     parse_completion,
 )
 from gptoss_dev.stock_compare import (
     TABLE_PATH,
-    EncodingTokenizer,
     Outcome,
     chat_request,
     expected,
-    parser_classes,
     run_parse,
     run_stream,
     table,
     truncated_reasoning_case,
 )
-
-ENC = default_encoding()[0]
-TOK = EncodingTokenizer()
-STOCK, OURS = parser_classes()
-
-
-def ids_of(text: str) -> list[int]:
-    return ENC.encode(text, allowed_special="all")
-
 
 # --- special tokens come from the encoding, by name -------------------------------------------
 
@@ -168,7 +157,7 @@ def chunking(draw_sizes, n):
     return sizes
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@examples(120, HealthCheck.too_slow)
 @given(turn=assistant_turn(), sizes=st.lists(st.integers(1, 7), max_size=60))
 def test_agrees_with_oss_harmony_on_well_formed_output(turn, sizes):
     ids = render_completion(turn)
@@ -315,7 +304,7 @@ def test_glued_json_repaired_only_to_an_offered_name():
     assert msgs == [] and kinds == ["tool_not_offered"]
 
 
-@settings(max_examples=200, deadline=None)
+@examples(200)
 @given(st.lists(st.integers(199990, 200020) | st.integers(0, 5000), max_size=80))
 def test_never_raises_on_arbitrary_token_soup(ids):
     req = chat_request(offers_tools=True)

@@ -17,27 +17,15 @@ HARMONY_PROPERTY_SCALE=N multiplies them for a longer local hunt.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from openai_harmony import Message, Role
+from parser_harness import ENC, OURS, TOK, examples
 
-from vllm_gptoss.harmony.parser import default_encoding, parse_completion
-from gptoss_dev.stock_compare import (
-    EncodingTokenizer,
-    Outcome,
-    chat_request,
-    parser_classes,
-    run_parse,
-    run_stream,
-    tools_for,
-)
-
-ENC = default_encoding()[0]
-TOK = EncodingTokenizer()
-_, OURS = parser_classes()
+from vllm_gptoss.harmony.parser import parse_completion
+from gptoss_dev.stock_compare import Outcome, chat_request, run_parse, run_stream, tools_for
 
 
 def _id(name: str) -> int:
@@ -54,15 +42,10 @@ CONTROL_NAMES = tuple(ENC.decode([t]) for t in CONTROL_IDS)
 ASSISTANT_PREFIX = [START, *ENC.encode("assistant")]
 TOOL_NAMES = ("get_weather", "lookup", "to_json", "x")
 
-_SCALE = max(1, int(os.environ.get("HARMONY_PROPERTY_SCALE", "1")))
 
 
 def profile(n: int):
-    return settings(
-        max_examples=n * _SCALE,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    return examples(n, HealthCheck.too_slow, HealthCheck.data_too_large)
 
 
 def token_bytes(t: int) -> bytes:

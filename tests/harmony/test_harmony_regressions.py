@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import pytest
 
+from parser_harness import ENC, OURS, STOCK, TOK, ids_of
+
 from vllm_gptoss.harmony import metrics
 from gptoss_dev.malformations import BY_KIND
-from vllm_gptoss.harmony.parser import RECOVERY_KINDS, default_encoding, parse_completion
+from vllm_gptoss.harmony.parser import RECOVERY_KINDS, parse_completion
 from gptoss_dev.stock_compare import (
     EXTRA_CASES,
     Case,
-    EncodingTokenizer,
     Outcome,
     case_request,
     chat_request,
-    parser_classes,
     run_parse,
     run_stream,
     tools_for,
 )
 
-ENC = default_encoding()[0]
-TOK = EncodingTokenizer()
-STOCK, OURS = parser_classes()
 CONTROL = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>")
-
-
-def ids_of(text: str) -> list[int]:
-    return ENC.encode(text, allowed_special="all")
 
 
 def fields(o: Outcome) -> list[str]:

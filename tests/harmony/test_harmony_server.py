@@ -1,9 +1,9 @@
 """The harmony serving path end to end: vLLM's real OpenAI server, the official `openai` client.
 
-One server for the whole module (start-up costs 1-2 minutes on the CPU): the trained fixture
-model (gptoss_dev.fixture), ``--enable-auto-tool-choice --tool-call-parser openai`` and vLLM's
-per-arch default reasoning parser, run offline in a network namespace and reached through a Unix
-socket (harmony_live_server.py). What the fixture says for each request is defined by its training corpus
+The harmony modules' shared server (conftest.py; start-up costs 1-2 minutes on the CPU): the
+trained fixture model (gptoss_dev.fixture), ``--enable-auto-tool-choice --tool-call-parser openai``
+and vLLM's per-arch default reasoning parser, run offline in a network namespace and reached
+through a Unix socket (harmony_live_server.py). What the fixture says for each request is defined by its training corpus
 (dev/gptoss_dev/fixture/corpus.py) and, for the malformation triggers, by
 dev/gptoss_dev/malformations.py: that is the ground truth here, produced by oss-harmony's
 renderer or written raw, never by our parser.
@@ -14,39 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
-from pathlib import Path
 
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmony_live_server import LiveServer  # noqa: E402
-
-from gptoss_dev.malformations import MALFORMATIONS, TOOLS, Malformation  # noqa: E402
-from vllm_gptoss.harmony.parser import RECOVERY_KINDS  # noqa: E402
-from vllm_gptoss.harmony.vllm_parsers import HARMONY_CONTROL_TEXT  # noqa: E402
+from gptoss_dev.malformations import MALFORMATIONS, TOOLS, Malformation
+from vllm_gptoss.harmony.parser import RECOVERY_KINDS
+from gptoss_dev.fixture import corpus
+from vllm_gptoss.harmony.vllm_parsers import HARMONY_CONTROL_TEXT
 
 pytestmark = pytest.mark.slow
-
-from gptoss_dev.fixture import corpus  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server():
-    import os
-
-    path = os.environ.get("HARMONY_TEST_MODEL")  # developer aid: any gpt-oss checkpoint dir
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE})
-    try:
-        s.wait_ready(900)
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +194,14 @@ def test_json_schema_final_message_never_runs_into_harmony_markup(server, client
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}},
         extra_body={"return_tokens_as_token_ids": True})
     ids = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
-    header = enc.encode("<|constrain|>json<|message|>", allowed_special="all")
-    start = next(i + len(header) for i in range(len(ids)) if ids[i: i + len(header)] == header)
+    # The final message's header: `<|channel|>final <|constrain|>json<|message|>`, or with the
+    # content type as plain text (`final json<|message|>`, also legal harmony; which one depends
+    # on the fixture's weights).
+    channel = enc.encode("<|channel|>final", allowed_special="all")
+    at = next((i for i in range(len(ids)) if ids[i: i + len(channel)] == channel), None)
+    assert at is not None, f"no final message: {enc.decode(ids)!r}"
+    start = ids.index(enc.encode("<|message|>", allowed_special="all")[0], at) + 1
+    assert "json" in enc.decode(ids[at:start]), f"final header not JSON-constrained: {enc.decode(ids)!r}"
     body = ids[start:]
     if r.choices[0].finish_reason == "stop":
         body = body[:-1]  # the stop token
@@ -317,7 +300,10 @@ def test_foreign_turn_after_the_reply_never_shows(server, client):
     body = dict(
         messages=[{"role": "user", "content": corpus.SMOKE_QA[0][0]}],
         logit_bias={str(t): 100 for t in ctrl.values()},
-        extra_body={"structured_outputs": {"choice": ["It is sunny.<|end|><|start|>user<|message|>And tomorrow?"]}},
+        # budget 0: straight to the final message, where the choice applies (with the bias on, what
+        # an untrained analysis would do depends on the fixture's weights)
+        extra_body={"structured_outputs": {"choice": ["It is sunny.<|end|><|start|>user<|message|>And tomorrow?"]},
+                    "thinking_token_budget": 0},
     )
     r = client.chat.completions.create(
         model=server.served_name, temperature=0, max_tokens=64, logprobs=True,
@@ -325,6 +311,7 @@ def test_foreign_turn_after_the_reply_never_shows(server, client):
     ids = [int(t.token.split(":", 1)[1]) for t in r.choices[0].logprobs.content]
     # The output really holds a user header made of the special tokens.
     at = max(i for i, t in enumerate(ids) if t == ctrl["<|start|>"])
+    assert ctrl["<|message|>"] in ids[at:], f"no user header: {enc.decode(ids)!r}"
     role_end = ids.index(ctrl["<|message|>"], at)
     assert ids[at - 1] == ctrl["<|end|>"] and enc.decode(ids[at + 1 : role_end]) == "user", enc.decode(ids)
     assert "And tomorrow?" in enc.decode(ids[role_end:])
@@ -506,7 +493,8 @@ _UDP_ADDRESS_PROBES = {("8.8.8.8", 80), ("2001:4860:4860::8888", 80)}
 
 
 def test_offline_nothing_reaches_the_network(server, client):
-    """Runs last in the module: covers start-up and every request above."""
+    """Runs last in the module: covers start-up and every request above (and whatever other modules
+    sent the shared server before)."""
     audit = server.audit()
     for rec in audit:
         if rec["event"] == "socket.connect" and rec["type"] == 2:  # SOCK_DGRAM

@@ -4,18 +4,13 @@ what stock vLLM returns over HTTP is what STOCK_VS_OURS.md (computed on the toke
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from harmony_live_server import serving
+from test_harmony_server import chat
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmony_live_server import LiveServer  # noqa: E402
-from test_harmony_server import chat  # noqa: E402
-
-from gptoss_dev.malformations import MALFORMATIONS, TOOLS  # noqa: E402
-from vllm_gptoss.harmony.parser import default_encoding  # noqa: E402
-from gptoss_dev.stock_compare import (  # noqa: E402
+from gptoss_dev.malformations import MALFORMATIONS, TOOLS
+from vllm_gptoss.harmony.parser import default_encoding
+from gptoss_dev.stock_compare import (
     EncodingTokenizer,
     chat_request,
     parser_classes,
@@ -24,7 +19,6 @@ from gptoss_dev.stock_compare import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-from gptoss_dev.fixture import corpus  # noqa: E402
 
 # Where stock vLLM 0.32 loses or garbles what the model said (see STOCK_VS_OURS.md).
 STOCK_FAILS = {"doubled_start", "missing_message", "bare_final", "channel_junk", "tool_name_glued_json", "text_after_stop"}
@@ -32,23 +26,9 @@ STOCK_FAILS = {"doubled_start", "missing_message", "bare_final", "channel_junk",
 
 @pytest.fixture(scope="module")
 def stock_server():
-    import os
-
-    path = os.environ.get("HARMONY_TEST_MODEL")
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(
-        str(path),
-        env={corpus.DATE_ENV: corpus.FIXTURE_DATE, "VLLM_GPTOSS_HARMONY_PARSER": "builtin"},
-        name="builtin",
-    )
-    try:
-        s.wait_ready(900)
+    # Its own server: the parser choice is server-wide (read when the plugin registers).
+    with serving("builtin", env={"VLLM_GPTOSS_HARMONY_PARSER": "builtin"}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def test_builtin_parser_fails_the_recoveries_ours_passes(stock_server):

@@ -9,7 +9,8 @@ vLLM's legacy rewrite, the one departure kept: see rendering.py); tool results a
 `functions.NAME` to the assistant; past analysis dropped once a final answer followed it, kept
 inside a tool loop still running). Compared token id for token id with the prompt vLLM actually
 used: `return_token_ids` for chat completions, the engine's request log (`--enable-log-requests`,
-debug level) for the Responses API. One live server for the whole module.
+debug level) for the Responses API. The live server is the harmony modules' shared one
+(conftest.py), which logs requests that way for this module.
 
 Each case also says whether stock vLLM 0.32 (its own functions, run in this process) renders it
 differently; that is asserted too, so the README table's claims are checked.
@@ -18,12 +19,10 @@ differently; that is asserted too, so the README table's claims are checked.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from openai_harmony import (
@@ -39,10 +38,7 @@ from openai_harmony import (
     load_harmony_encoding,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmony_live_server import LiveServer  # noqa: E402
-
-from gptoss_dev.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus
 
 DATE = corpus.FIXTURE_DATE
 ENC = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
@@ -246,34 +242,29 @@ CHAT_CASES = [
          True),
 ]
 
+def preamble_request(**phase) -> dict:
+    """A Responses tool loop whose assistant message before the call is a preamble; `phase` marks
+    it as one (or, left out, the function call after it must)."""
+    return {"input": [{"type": "message", "role": "user", "content": "Weather in Oslo?"},
+                      {"type": "reasoning", "id": "rs_1", "summary": [],
+                       "content": [{"type": "reasoning_text", "text": "Need weather."}]},
+                      {"type": "message", "role": "assistant", **phase,
+                       "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
+                      {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": OSLO},
+                      {"type": "function_call_output", "call_id": "c1", "output": "3C"}],
+            "tools": RESP_TOOLS}  # fmt: skip
+
+
+PREAMBLE_EXPECTED = [system(), developer(tools=True), user("Weather in Oslo?"), analysis("Need weather."),
+                     preamble("Let me check."), call("get_weather", OSLO), result("get_weather", "3C")]
+
 RESPONSES_CASES = [
     Case("responses_instructions_effort",
          {"instructions": "Answer briefly.", "input": "Capital of Peru?", "reasoning": {"effort": "low"}},
          [system(ReasoningEffort.LOW), developer("Answer briefly."), user("Capital of Peru?")], False),
-    Case("responses_preamble_phase_commentary",
-         {"input": [{"type": "message", "role": "user", "content": "Weather in Oslo?"},
-                    {"type": "reasoning", "id": "rs_1", "summary": [],
-                     "content": [{"type": "reasoning_text", "text": "Need weather."}]},
-                    {"type": "message", "role": "assistant", "phase": "commentary",
-                     "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
-                    {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": OSLO},
-                    {"type": "function_call_output", "call_id": "c1", "output": "3C"}],
-          "tools": RESP_TOOLS},
-         [system(), developer(tools=True), user("Weather in Oslo?"), analysis("Need weather."),
-          preamble("Let me check."), call("get_weather", OSLO), result("get_weather", "3C")],
-         True),
-    Case("responses_preamble_inferred",  # no phase: the function call after it makes it a preamble
-         {"input": [{"type": "message", "role": "user", "content": "Weather in Oslo?"},
-                    {"type": "reasoning", "id": "rs_1", "summary": [],
-                     "content": [{"type": "reasoning_text", "text": "Need weather."}]},
-                    {"type": "message", "role": "assistant",
-                     "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}]},
-                    {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": OSLO},
-                    {"type": "function_call_output", "call_id": "c1", "output": "3C"}],
-          "tools": RESP_TOOLS},
-         [system(), developer(tools=True), user("Weather in Oslo?"), analysis("Need weather."),
-          preamble("Let me check."), call("get_weather", OSLO), result("get_weather", "3C")],
-         True),
+    Case("responses_preamble_phase_commentary", preamble_request(phase="commentary"), PREAMBLE_EXPECTED, True),
+    # no phase: the function call after it makes it a preamble
+    Case("responses_preamble_inferred", preamble_request(), PREAMBLE_EXPECTED, True),
     Case("responses_multipart_user",
          {"input": [{"type": "message", "role": "user",
                      "content": [{"type": "input_text", "text": "Two "},
@@ -420,24 +411,7 @@ def test_ours_in_process_is_the_harmony_rendering(case, monkeypatch):
 # --- live server: the prompt vLLM actually used ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    path = os.environ.get("HARMONY_TEST_MODEL")
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(
-        str(path),
-        extra_args=["--enable-log-requests"],
-        env={corpus.DATE_ENV: DATE, "VLLM_LOGGING_LEVEL": "DEBUG"},
-        name="fidelity",
-    )
-    try:
-        s.wait_ready(900)
-        yield s
-    finally:
-        s.stop()
+# `server`: the harmony modules' shared live server (conftest.py): --enable-log-requests, debug level.
 
 
 def _diff(got: list[int], want: list[int]) -> str:

@@ -8,17 +8,11 @@ parser reads the same reasoning / answer / tool call from it as the parsed field
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
 from openai_harmony import HarmonyEncodingName, Role, load_harmony_encoding
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmony_live_server import LiveServer  # noqa: E402
-
-from gptoss_dev.fixture import corpus  # noqa: E402
+from gptoss_dev.fixture import corpus
 
 pytestmark = pytest.mark.slow
 ENC = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
@@ -26,19 +20,7 @@ RAW = {"vllm_xargs": {"harmony_raw": True}}
 QUESTION = corpus.SMOKE_QA[0][0]
 
 
-@pytest.fixture(scope="module")
-def server():
-    path = os.environ.get("HARMONY_TEST_MODEL")
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE}, name="raw")
-    try:
-        s.wait_ready(900)
-        yield s
-    finally:
-        s.stop()
+# `server`: the harmony modules' shared live server (conftest.py).
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,13 @@ rendered by oss-harmony; the live tests use the fixture model through the real s
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from openai_harmony import HarmonyEncodingName, load_harmony_encoding
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmony_live_server import LiveServer  # noqa: E402
-
-from gptoss_dev.fixture import corpus  # noqa: E402
-from vllm_gptoss.harmony import budget  # noqa: E402
+from gptoss_dev.fixture import corpus
+from vllm_gptoss.harmony import budget
 
 ENC = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
@@ -165,19 +159,8 @@ def test_engine_config_and_request_wiring(monkeypatch):
 # --- live server -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    path = os.environ.get("HARMONY_TEST_MODEL")
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE}, name="budget")
-    try:
-        s.wait_ready(900)
-        yield s
-    finally:
-        s.stop()
+# `server`: the harmony modules' shared live server (conftest.py); it sets no server-wide default
+# budget (budget.DEFAULT_ENV), so a request without one reasons freely.
 
 
 def _qa():

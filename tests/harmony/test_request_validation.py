@@ -1,7 +1,7 @@
 """Bad requests get a 400 naming the parameter, before anything runs, streamed or not (issue 15).
 
-The live part runs vLLM's real OpenAI server on the fixture model (one server for the module,
-harmony_live_server.py) and talks to it with the official `openai` client. Each bad request goes
+The live part runs vLLM's real OpenAI server on the fixture model (the harmony modules' shared
+server, conftest.py) and talks to it with the official `openai` client. Each bad request goes
 through chat completions and/or Responses, streamed and not; asserted: status 400, the error's
 ``param``, the reason in the message (for a JSON schema: xgrammar's own words, which stock vLLM 0.32
 loses), one more count in ``vllm_gptoss:rejected_requests_total{param}``, and the server healthy
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import openai
 import pytest
@@ -28,8 +26,6 @@ from gptoss_dev.fixture import corpus
 from vllm_gptoss.harmony import metrics, request_checks
 from gptoss_dev.malformations import TOOLS
 from gptoss_dev.stock_compare import EncodingTokenizer, parser_classes
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 USER = {"role": "user", "content": "What is 2+2?"}
 WEATHER = TOOLS[0]
@@ -152,23 +148,7 @@ def test_metric_label_folds_list_indices():
 # --- live server ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    import os
-
-    from harmony_live_server import LiveServer
-
-    path = os.environ.get("HARMONY_TEST_MODEL")
-    if not path:
-        from gptoss_dev.fixture import ensure_fixture
-
-        path = ensure_fixture()
-    s = LiveServer(str(path), env={corpus.DATE_ENV: corpus.FIXTURE_DATE}, name="validation")
-    try:
-        s.wait_ready(900)
-        yield s
-    finally:
-        s.stop()
+# `server`: the harmony modules' shared live server (conftest.py).
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +204,8 @@ def test_bad_request_is_a_400_naming_the_parameter(server, client, case, stream)
 @pytest.mark.slow
 def test_nothing_crashed_in_the_server(server, client):
     """Runs after the bad requests: no unhandled exception (the stock streamed-Responses failure
-    was 'Exception in ASGI application' and a cut connection) and no 5xx in the access log."""
+    was 'Exception in ASGI application' and a cut connection) and no 5xx in the access log (the
+    shared server's: every request any module sent it so far)."""
     log = server.log_path.read_text(errors="replace")
     assert "Exception in ASGI application" not in log
     assert not re.search(r'" 5\d\d ', log), [ln for ln in log.splitlines() if re.search(r'" 5\d\d ', ln)]
