@@ -10,8 +10,15 @@ Stages, in this order (each prints as it goes; the summary table is printed last
      against moe_reference (float32 torch), route against torch.topk + softmax;
   3. CUDA graph: fused_moe captured once, replayed on new inputs copied into the captured buffers,
      compared with an eager run;
-  4. optional tile-config variants (--variants) at a few T;
-  5. the sweep over T: median of per-replay CUDA events over CUDA-graph replays, rotating input
+  2b. the comparator (OpenAI's triton_kernels as vLLM 0.32's TRITON MXFP4 backend calls it,
+     benchmarks/triton_kernels_moe.py; extracted by benchmarks/fetch_triton_kernels.sh and found
+     automatically, or --compare-triton-kernels PATH) against the same moe_reference, same experts,
+     same routing ids/weights; its routing from logits against `route`;
+  4. optional tile-config variants (--variants) at a few T, each in both weight layouts;
+  5. the sweep over T, ours in each --layouts weight layout (checkpoint: the plugin's default;
+     k16: `prepare_moe_weights(layout="k16")`) and the comparator (routing from the same ids +
+     its two matmul_ogs calls, CUDA-graph replayed like ours; and from logits: ours route +
+     fused_moe vs its routing() + matmul_ogs): median of per-replay CUDA events over CUDA-graph replays, rotating input
      sets (different routings) and flushing L2 before each replay; GB/s over the bytes of the
      experts the routing touches (E2M1 + scales + biases), TFLOP/s over the routed slots, the ratio
      against a torch bf16 path on pre-dequantized weights (run eagerly, with the routing plan
@@ -42,6 +49,9 @@ from gptoss_kernels.moe import TileConfig, fused_moe, prepare_moe_weights, route
 from gptoss_kernels.mxfp4 import dequantize
 from gptoss_kernels.reference import SWIGLU_ALPHA, SWIGLU_LIMIT, moe_reference
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import triton_kernels_moe  # noqa: E402  (benchmarks/, imports triton_kernels only when asked)
+
 SHAPES = {  # name: (E, H, I, top_k)
     "120b": (128, 2880, 2880, 4),
     "20b": (32, 2880, 2880, 4),
@@ -51,6 +61,14 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 BOUND = {torch.bfloat16: 1.5e-2, torch.float16: 5e-3, torch.float32: 5e-3}  # rel. L2 error vs float32 ref
 
 CUDA = torch.cuda.is_available()
+_DEADLINE = None  # time.time() after which no new variant / sweep point starts (--deadline-s)
+
+
+def past_deadline(what: str) -> bool:
+    if _DEADLINE is not None and time.time() > _DEADLINE:
+        log(f"deadline reached: skipping {what}")
+        return True
+    return False
 DEV = "cuda" if CUDA else "cpu"
 
 
@@ -237,6 +255,56 @@ def check_correctness(shapes, quick, results) -> bool:
     return ok
 
 
+def make_comparator(experts, tk_path):
+    return triton_kernels_moe.TritonKernelsMoE(*experts, tk_path=tk_path)
+
+
+def check_comparator(shapes, quick, results, tk_path) -> bool:
+    """triton_kernels (vLLM 0.32's way) vs moe_reference, like for like: the experts of
+    check_correctness, the routing ids/weights of `route`, alpha 1.702, limit 7.0, (up + 1)."""
+    rows, ok = [], True
+    info = results["triton_kernels"] = {"rows": rows}
+    for name in shapes:
+        E, H, I, k = SHAPES[name]
+        experts = random_experts(E, H, I, seed=11)
+        tkm = make_comparator(experts, tk_path)
+        info.setdefault("describe", {})[name] = tkm.describe()
+        cases = [(1, False), (7, False), (33, True), (257, False), (1000, False)]
+        if quick:
+            cases = [(1, False), (5, True), (17, False)]
+        for i, (T, drop) in enumerate(cases):
+            x, tw, ti = random_inputs(T, E, H, k, torch.bfloat16, seed=100 + i)
+            if drop:
+                ti = torch.where(torch.rand(ti.shape, device=DEV) < 0.3, -1, ti)
+            out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEV)
+            tkm(x, tw, ti, out=out)
+            err = rel_err(out, moe_reference(x.float(), tw, ti, *experts))
+            good = err <= BOUND[torch.bfloat16]
+            ok &= good
+            rows.append({"shape": name, "T": T, "minus_one_ids": drop, "rel_err": err, "bound": BOUND[torch.bfloat16],
+                         "ok": good})
+            log(f"check triton_kernels {name} T={T}{' -1 ids' if drop else ''}: rel err {err:.2e} "
+                f"{'ok' if good else 'FAIL'}")
+        # its routing from logits (the serving path) picks the same experts as ours
+        for T in ([1, 33, 1000] if not quick else [1, 5]):
+            logits = torch.randn(T, E, device=DEV)
+            _, ids = route(logits, k)
+            rd, gather, _ = tkm.routing_from_logits(logits, k)
+            x = torch.randn(T, H, device=DEV).to(torch.bfloat16)
+            tw_ref, ti_ref = route(logits, k)
+            out = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device=DEV)
+            tkm.experts(x, (rd, gather, _), out=out)
+            err = rel_err(out, moe_reference(x.float(), tw_ref, ti_ref, *experts))
+            good = err <= BOUND[torch.bfloat16]
+            ok &= good
+            rows.append({"shape": name, "T": T, "from_logits": True, "rel_err": err, "ok": good})
+            log(f"check triton_kernels routing() from logits {name} T={T}: rel err vs ours-routed reference "
+                f"{err:.2e} {'ok' if good else 'FAIL'}")
+        del experts, tkm
+    info["ok"] = ok
+    return ok
+
+
 def check_graph(shape, results) -> bool:
     E, H, I, k = SHAPES[shape]
     experts = random_experts(E, H, I, seed=21)
@@ -296,10 +364,27 @@ def validate_point(name, T, experts, cfg, data, fns) -> list:
     return errs
 
 
-def bench_point(name, T, experts, prepared, baseline, ceil, reps, flush, config=None, sets=None, validate=False):
+def _capture(fn):
+    """graphed(fn), or fn itself (eager) when capture fails; returns (callable, graphed?)."""
+    try:
+        return graphed(fn), CUDA
+    except Exception as exc:  # noqa: BLE001 - a comparator that cannot be captured is timed eagerly
+        log(f"  CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
+        if CUDA:
+            torch.cuda.synchronize()
+        return fn, False
+
+
+def bench_point(name, T, experts, prepared, baseline, ceil, reps, flush, config=None, sets=None, validate=False,
+                others=None, tk=None, logits_path=False):
+    """Time fused_moe (graph replays) on `prepared`; `others`: {label: MoEWeights} timed the same
+    way (other weight layouts); `tk`: the triton_kernels comparator, timed on the same inputs."""
     E, H, I, k = SHAPES[name]
     nsets = sets or (8 if T <= 64 else 3)
     fused_fns, base_fns, uniq, data = [], [], [], []
+    other_fns = {label: [] for label in (others or {})}
+    other_data = {label: [] for label in (others or {})}
+    tk_fns, tk_graphed, tk_data = [], True, []
     for s in range(nsets):
         x, tw, ti = random_inputs(T, E, H, k, torch.bfloat16, seed=1000 * T + s)
         uniq.append(len(set(ti.view(-1).tolist()) - {-1}))
@@ -307,6 +392,17 @@ def bench_point(name, T, experts, prepared, baseline, ceil, reps, flush, config=
         data.append((x, tw, ti, out))
         fused_fns.append(graphed(lambda x=x, tw=tw, ti=ti, out=out: fused_moe(x, tw, ti, prepared, out=out,
                                                                                   config=config)))
+        for label, p in (others or {}).items():
+            o2 = torch.empty(T, H, dtype=torch.bfloat16, device=DEV)
+            other_data[label].append((x, tw, ti, o2))
+            other_fns[label].append(graphed(lambda x=x, tw=tw, ti=ti, o2=o2, p=p: fused_moe(x, tw, ti, p, out=o2,
+                                                                                             config=config)))
+        if tk is not None:
+            o3 = torch.empty(T, H, dtype=torch.bfloat16, device=DEV)
+            f, g = _capture(lambda x=x, tw=tw, ti=ti, o3=o3: tk(x, tw, ti, out=o3))
+            tk_graphed &= g
+            tk_fns.append(f)
+            tk_data.append((x, tw, ti, o3))
         if baseline is not None:
             plan = baseline.plan(ti)
             base_fns.append(graphed(lambda x=x, tw=tw, plan=plan: baseline(x, tw, plan)))
@@ -316,15 +412,51 @@ def bench_point(name, T, experts, prepared, baseline, ceil, reps, flush, config=
     flops = 2 * T * k * (2 * I * H + H * I)
     gbps = wbytes / (t_fused * 1e-6) / 1e9
     tflops = flops / (t_fused * 1e-6) / 1e12
-    row = {"shape": name, "T": T, "us": t_fused, "torch_bf16_us": t_base, "experts_touched": statistics.mean(uniq),
+    cfg_used = config or moe_mod.pick_config(T, k, E, torch.bfloat16, device_capability(torch.device(DEV)))
+    row = {"shape": name, "T": T, "layout": prepared.layout, "us": t_fused, "torch_bf16_us": t_base,
+           "experts_touched": statistics.mean(uniq),
            "weight_bytes": wbytes, "GBps": gbps, "TFLOPs": tflops, "speedup_vs_torch": t_base / t_fused,
            "pct_bandwidth": 100 * gbps / ceil["bandwidth_GBps"],
            "pct_matmul": 100 * tflops / ceil["bf16_matmul_TFLOPs"],
-           "config": (config or moe_mod.pick_config(T, k, E, torch.bfloat16, device_capability(torch.device(DEV)))).__dict__}
+           "config": cfg_used.__dict__}
+    for label, fns in other_fns.items():
+        t = time_calls(fns, reps, flush)
+        row[f"us_{label}"] = t
+        row[f"pct_bandwidth_{label}"] = 100 * wbytes / (t * 1e-6) / 1e9 / ceil["bandwidth_GBps"]
+    if tk is not None:
+        t_tk = time_calls(tk_fns, reps, flush)
+        row.update({"tk_us": t_tk, "tk_graphed": tk_graphed, "ours_speedup_vs_tk": t_tk / t_fused,
+                    "tk_pct_bandwidth": 100 * wbytes / (t_tk * 1e-6) / 1e9 / ceil["bandwidth_GBps"]})
+        for label in other_fns:
+            row[f"{label}_speedup_vs_tk"] = t_tk / row[f"us_{label}"]
+        if logits_path:  # the serving path of both: router logits -> output
+            ours_l, tk_l = [], []
+            for s in range(nsets):
+                logits = torch.randn(T, E, device=DEV, generator=torch.Generator(device=DEV).manual_seed(77 + s))
+                x = data[s][0]
+                o4, o5 = torch.empty_like(x), torch.empty_like(x)
+                ours_l.append(graphed(lambda x=x, lg=logits, o4=o4: fused_moe(x, *route(lg, k), prepared, out=o4,
+                                                                              config=config)))
+                f, g = _capture(lambda x=x, lg=logits, o5=o5: tk.experts(x, tk.routing_from_logits(lg, k), out=o5))
+                tk_l.append(f)
+                row["tk_logits_graphed"] = g
+            row["ours_logits_us"] = time_calls(ours_l, reps, flush)
+            row["tk_logits_us"] = time_calls(tk_l, reps, flush)
     if validate:
-        errs = validate_point(name, T, experts, config or moe_mod.pick_config(T, k, E, torch.bfloat16, device_capability(torch.device(DEV))), data, fused_fns)
+        errs = validate_point(name, T, experts, cfg_used, data, fused_fns)
         row["validate_max_rel_err"] = max(errs)
-    del fused_fns, base_fns
+        for label in other_fns:
+            row[f"validate_max_rel_err_{label}"] = max(validate_point(name, T, experts, cfg_used, other_data[label],
+                                                                      other_fns[label]))
+        if tk is not None:
+            tk_errs = []
+            for (x, tw, ti, o3), f in zip(tk_data, tk_fns):
+                o3.fill_(float("nan"))
+                f()
+                tk_errs.append(rel_err(o3, moe_reference(x.float(), tw, ti, *experts)))
+            row["tk_validate_max_rel_err"] = max(tk_errs)
+            log(f"  validate triton_kernels {name} T={T}: max rel err {max(tk_errs):.2e}")
+    del fused_fns, base_fns, other_fns, tk_fns
     return row
 
 
@@ -340,20 +472,24 @@ def time_baseline(name, T, baseline, reps, flush):
     return time_calls(fns, max(3, reps // 2), flush)
 
 
-VARIANTS = {  # T: candidate configs (block_m, block_n, block_k, warps, stages, group_m, swap_ab, split_k, fast)
-    1: [(16, 32, 256, 4, 3, 8, False, 4, True), (16, 64, 256, 4, 3, 8, False, 4, True),
-        (16, 32, 256, 4, 3, 8, False, 8, True), (16, 32, 512, 4, 2, 8, False, 4, True),
-        (16, 32, 256, 8, 3, 8, False, 4, True), (16, 64, 256, 4, 4, 8, True, 4, True),
-        (16, 32, 128, 4, 6, 8, False, 4, True)],
-    16: [(16, 32, 256, 4, 3, 8, False, 4, True), (16, 64, 256, 4, 3, 8, False, 2, True),
-         (16, 64, 256, 4, 4, 8, True, 2, True), (16, 128, 128, 4, 4, 8, True, 1, True)],
-    4096: [(64, 128, 64, 4, 4, 8, False, 1, True), (128, 128, 64, 8, 4, 8, False, 1, True),
-           (128, 128, 64, 8, 3, 8, True, 1, True), (128, 256, 64, 8, 3, 8, False, 1, True),
-           (64, 256, 64, 8, 3, 8, False, 1, True), (128, 128, 128, 8, 3, 8, False, 1, True)],
+_C = TileConfig
+VARIANTS = {  # T: candidate configs, each timed in every --layouts layout (dequant: the device's)
+    1: [_C(16, 64, 256, 4, 3, split_k=4, evict_w=True), _C(16, 64, 256, 4, 3, split_k=4),
+        _C(16, 64, 256, 4, 3, swap_ab=True, split_k=4, evict_w=True),
+        _C(16, 128, 128, 4, 4, swap_ab=True, split_k=4, evict_w=True)],
+    16: [_C(16, 64, 256, 4, 3, split_k=2, evict_w=True), _C(16, 64, 256, 4, 3, swap_ab=True, split_k=2, evict_w=True),
+         _C(16, 128, 128, 4, 4, swap_ab=True, split_k=2, evict_w=True)],
+    4096: [_C(64, 128, 64, 4, 4), _C(128, 128, 64, 8, 4)],
 }
 
 
-def run_breakdown(reps, ceil, flush, results, quick, validate=False):
+def _cfg_str(cfg) -> str:
+    return (f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']}w{cfg['num_warps']}s{cfg['num_stages']}"
+            f"{'S' if cfg['swap_ab'] else ''}{'k%d' % cfg['split_k'] if cfg['split_k'] > 1 else ''}"
+            f"{'F%d' % cfg['dequant'] if cfg.get('dequant') else ''}{'E' if cfg.get('evict_w') else ''}")
+
+
+def run_breakdown(reps, ceil, flush, results, quick, validate=False, layouts=None):
     """Time cumulative prefixes of fused_moe (align; +gemm1; +gemm2; +cast) at the default configs."""
     name = "tiny" if quick else "120b"
     E, H, I, k = SHAPES[name]
@@ -374,27 +510,35 @@ def run_breakdown(reps, ceil, flush, results, quick, validate=False):
     results["breakdown"] = rows
 
 
-def run_variants(reps, ceil, flush, results, quick, validate=False):
+def run_variants(reps, ceil, flush, results, quick, validate=False, layouts=("checkpoint",)):
+    import dataclasses
+
     name = "tiny" if quick else "120b"
     E, H, I, k = SHAPES[name]
     experts = random_experts(E, H, I, seed=31)
-    prepared = prepare_moe_weights(*experts)
+    prepared = {lay: prepare_moe_weights(*experts, layout=lay) for lay in layouts}
+    dq = moe_mod.pick_config(1, k, E, torch.bfloat16, device_capability(torch.device(DEV))).dequant
     rows = []
     for T, cfgs in VARIANTS.items():
         if quick:
             T, cfgs = min(T, 17), cfgs[:2]
         for c in cfgs:
-            cfg = TileConfig(*c)
+            cfg = dataclasses.replace(c, dequant=dq)
             if quick:
-                cfg = TileConfig(16, 32, 32, 4, 1, 4, c[6], min(c[7], 2), c[8])
-            try:
-                r = bench_point(name, T, experts, prepared, None, ceil, reps, flush, config=cfg, validate=validate)
-            except Exception as exc:  # a config can fail to compile (shared memory); note it and go on
-                log(f"variant {name} T={T} {c}: failed: {type(exc).__name__}: {str(exc)[:200]}")
-                rows.append({"T": T, "config": c, "error": str(exc)[:500]})
-                continue
-            rows.append(r)
-            log(f"variant {name} T={T} {c}: {r['us']:.1f} us, {r['GBps']:.0f} GB/s, {r['TFLOPs']:.1f} TFLOP/s")
+                cfg = dataclasses.replace(cfg, block_n=32, block_k=32, num_stages=1, split_k=min(c.split_k, 2))
+            for lay, p in prepared.items():
+                if past_deadline(f"variant T={T} {lay}"):
+                    results["variants"] = rows
+                    return
+                try:
+                    r = bench_point(name, T, experts, p, None, ceil, reps, flush, config=cfg, validate=validate)
+                except Exception as exc:  # a config can fail to compile (shared memory); note it and go on
+                    log(f"variant {name} T={T} {lay} {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}")
+                    rows.append({"T": T, "layout": lay, "config": cfg.__dict__, "error": str(exc)[:500]})
+                    continue
+                rows.append(r)
+                log(f"variant {name} T={T} {lay} {_cfg_str(cfg.__dict__)}: {r['us']:.1f} us, {r['GBps']:.0f} GB/s, "
+                    f"{r['TFLOPs']:.1f} TFLOP/s")
     results["variants"] = rows
 
 
@@ -411,7 +555,26 @@ def main(argv=None) -> int:
     ap.add_argument("--validate", action="store_true",
                     help="after timing each point, check its graph replays against the reference")
     ap.add_argument("--no-ceilings", action="store_true", help="skip measuring bandwidth/matmul (debug runs)")
+    ap.add_argument("--layouts", default="checkpoint,k16",
+                    help="weight layouts of ours to time (prepare_moe_weights layout=); the first is the main column")
+    ap.add_argument("--compare-triton-kernels", metavar="PATH", default=None,
+                    help="folder holding triton_kernels/ (default: $GPTOSS_TRITON_KERNELS or benchmarks/.third_party, "
+                         "as benchmarks/fetch_triton_kernels.sh extracts it)")
+    ap.add_argument("--no-triton-kernels", action="store_true", help="do not run the triton_kernels comparator")
+    ap.add_argument("--variant-tokens", default=None, help="comma list: run --variants only at these T")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="stop starting new variants / sweep points after this many seconds (results so far kept)")
+    ap.add_argument("--no-logits-path", action="store_true",
+                    help="skip timing the from-logits path (ours route + fused_moe vs its routing() + matmul_ogs)")
     args = ap.parse_args(argv)
+    layouts = [x for x in args.layouts.split(",") if x]
+    if args.variant_tokens:
+        keep = {int(t) for t in args.variant_tokens.split(",")}
+        for t in list(VARIANTS):
+            if t not in keep:
+                del VARIANTS[t]
+    global _DEADLINE
+    _DEADLINE = None if args.deadline_s is None else time.time() + args.deadline_s
     shapes = ["tiny"] if args.quick else [s for s in args.shapes.split(",") if s]
     tokens = [1, 3, 17] if args.quick else [int(t) for t in args.tokens.split(",") if t]
     for s in shapes:
@@ -434,8 +597,33 @@ def main(argv=None) -> int:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1, default=str)
 
+    tk_path = None
+    if not args.no_triton_kernels:
+        tk_path = triton_kernels_moe.find(args.compare_triton_kernels)
+        if tk_path is None:
+            log("triton_kernels comparator: not found (run benchmarks/fetch_triton_kernels.sh); skipped")
+            results["triton_kernels"] = {"skipped": "not found"}
+        else:
+            try:
+                tk_ns = triton_kernels_moe.load(tk_path)
+                results["triton_kernels"] = {"root": str(tk_path), "api": tk_ns.api}
+                log(f"triton_kernels comparator: {tk_path} (API {tk_ns.api})")
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                results["triton_kernels"] = {"error": f"{type(exc).__name__}: {exc}"}
+                tk_path = None
     ok = True
+    tk_ok = tk_path is not None
     if not args.skip_checks:
+        if tk_path is not None:
+            try:
+                tk_ok = check_comparator(shapes, args.quick, results, tk_path)
+            except Exception as exc:  # noqa: BLE001 - the comparator failing must not stop our checks
+                traceback.print_exc()
+                results["triton_kernels"]["error"] = f"{type(exc).__name__}: {str(exc)[:1000]}"
+                tk_ok = False
+            log(f"triton_kernels comparator check: {'ok' if tk_ok else 'FAILED (it is not timed)'}")
+            dump()
         for stage in (lambda: check_correctness(shapes, args.quick, results),
                       lambda: check_graph(shapes[0], results)):
             try:
@@ -450,24 +638,37 @@ def main(argv=None) -> int:
             else measure_ceilings(args.quick))
     results["ceilings"] = ceil
     flush = _flush_buffer()
-    if args.variants:
-        for stage in (run_breakdown, run_variants):
-            try:
-                stage(args.reps, ceil, flush, results, args.quick, args.validate)
-            except Exception:
-                traceback.print_exc()
-            dump()
     sweep = []
     results["sweep"] = sweep
     for with_baseline in ([False] if args.no_baseline else [False, True]):
         for name in shapes:
             E, H, I, k = SHAPES[name]
             experts = random_experts(E, H, I, seed=41)
-            prepared = prepare_moe_weights(*experts)
             baseline = TorchBf16MoE(experts) if with_baseline else None
+            if not with_baseline:
+                prepared = prepare_moe_weights(*experts, layout=layouts[0])
+                others = {lay: prepare_moe_weights(*experts, layout=lay) for lay in layouts[1:]}
+                tk = None
+                if tk_ok:
+                    try:
+                        tk = make_comparator(experts, tk_path)
+                    except Exception:  # noqa: BLE001
+                        traceback.print_exc()
             for T in tokens:
+                if past_deadline(f"{'baseline' if with_baseline else 'sweep'} {name} T={T}"):
+                    break
+                if with_baseline and not any(r["shape"] == name and r["T"] == T for r in sweep):
+                    continue
                 if not with_baseline:
-                    r = bench_point(name, T, experts, prepared, None, ceil, args.reps, flush, validate=args.validate)
+                    try:
+                        r = bench_point(name, T, experts, prepared, None, ceil, args.reps, flush, validate=args.validate,
+                                        others=others, tk=tk, logits_path=not args.no_logits_path)
+                    except Exception:  # noqa: BLE001 - one point failing (the comparator, say) keeps the sweep
+                        traceback.print_exc()
+                        log(f"bench {name} T={T}: retrying without the comparator")
+                        r = bench_point(name, T, experts, prepared, None, ceil, args.reps, flush, validate=args.validate,
+                                        others=others)
+                        r["tk_error"] = True
                     sweep.append(r)
                 else:
                     r = next(r for r in sweep if r["shape"] == name and r["T"] == T)
@@ -477,12 +678,24 @@ def main(argv=None) -> int:
                     bf16_bytes = r["experts_touched"] * 2 * 3 * I * H
                     r["bf16_floor_us"] = bf16_bytes / (ceil["bandwidth_GBps"] * 1e3)
                     r["speedup_vs_bf16_floor"] = r["bf16_floor_us"] / r["us"]
-                log(f"bench {name} T={T}: {r['us']:.1f} us (torch bf16 {r['torch_bf16_us']:.1f} us), "
+                extra = "".join(f", {lay} {r['us_' + lay]:.1f} us" for lay in layouts[1:] if "us_" + lay in r)
+                if "tk_us" in r:
+                    extra += f", triton_kernels {r['tk_us']:.1f} us (ours x{r['ours_speedup_vs_tk']:.2f})"
+                log(f"bench {name} T={T}: {r['us']:.1f} us{extra} (torch bf16 {r['torch_bf16_us']:.1f} us), "
                     f"{r['GBps']:.0f} GB/s, {r['TFLOPs']:.1f} TFLOP/s  [{time.time() - t_start:.0f} s]")
                 dump()
-            del experts, prepared, baseline
+            del experts, baseline
+            if with_baseline:
+                prepared = others = tk = None
             if CUDA:
                 torch.cuda.empty_cache()
+    if args.variants and not past_deadline("breakdown and variants"):
+        for stage in (run_breakdown, run_variants):
+            try:
+                stage(args.reps, ceil, flush, results, args.quick, args.validate, layouts=layouts)
+            except Exception:
+                traceback.print_exc()
+            dump()
     results["targets"] = assess_targets(sweep)
     results["wall_s"] = time.time() - t_start
     dump()
@@ -502,9 +715,19 @@ def assess_targets(sweep) -> dict:
         sp = [r["speedup_vs_torch"] for r in small if not math.isnan(r["speedup_vs_torch"])]
         if sp:
             out["3x_torch_T<=16"] = {"min_speedup": min(sp), "met": min(sp) >= 3}
+        if all("pct_bandwidth_k16" in r for r in small):
+            out["bw_70pct_T<=16_k16"] = {"min_pct": min(r["pct_bandwidth_k16"] for r in small),
+                                         "met": all(r["pct_bandwidth_k16"] >= 70 for r in small)}
     if large:
         out["matmul_50pct_T>=4096"] = {"min_pct": min(r["pct_matmul"] for r in large),
                                        "met": all(r["pct_matmul"] >= 50 for r in large)}
+    vs = [r for r in sweep if "tk_us" in r]
+    if vs:  # the issue's comparison: ours vs triton_kernels in the same run, per shape
+        for shape in sorted({r["shape"] for r in vs}):
+            rs = [r for r in vs if r["shape"] == shape]
+            best = [max(r["ours_speedup_vs_tk"], r.get("k16_speedup_vs_tk", 0.0)) for r in rs]
+            out[f"vs_triton_kernels_{shape}"] = {"min_speedup_best_layout": min(best), "max": max(best),
+                                                 "T_slower": [r["T"] for r, b in zip(rs, best) if b < 1.0]}
     return out
 
 
@@ -513,24 +736,28 @@ def print_table(results):
     log("")
     log(f"{results['device']}: copy {c['bandwidth_GBps']:.0f} GB/s, bf16 matmul {c['bf16_matmul_TFLOPs']:.0f} TFLOP/s;"
         f" checks {'ok' if results.get('checks_ok', True) else 'FAILED'}")
-    log(f"{'shape':>5} {'T':>5} {'us':>9} {'torch':>9} {'x':>5} {'floor':>7} {'GB/s':>6} {'%bw':>4} {'TF/s':>6} {'%mm':>4} "
-        f"{'cfg':>16}")
+    nan = float("nan")
+    log(f"{'shape':>5} {'T':>5} {'us':>9} {'k16 us':>9} {'tk us':>9} {'x tk':>5} {'xk16':>5} {'torch':>9} {'x':>5} "
+        f"{'floor':>7} {'GB/s':>6} {'%bw':>4} {'%bwk':>4} {'%bwtk':>5} {'TF/s':>6} {'%mm':>4} {'cfg':>16}")
     for r in results["sweep"]:
-        cfg = r["config"]
-        log(f"{r['shape']:>5} {r['T']:>5} {r['us']:>9.1f} {r['torch_bf16_us']:>9.1f} {r['speedup_vs_torch']:>5.1f} "
-            f"{r.get('bf16_floor_us', float('nan')):>7.1f} "
-            f"{r['GBps']:>6.0f} {r['pct_bandwidth']:>4.0f} {r['TFLOPs']:>6.1f} {r['pct_matmul']:>4.0f} "
-            f"{cfg['block_m']:>3}x{cfg['block_n']}x{cfg['block_k']}w{cfg['num_warps']}s{cfg['num_stages']}"
-            f"{'S' if cfg['swap_ab'] else ''}{'k%d' % cfg['split_k'] if cfg['split_k'] > 1 else ''}"
-            f"{'F%d' % cfg['dequant'] if cfg.get('dequant') else ''}")
+        log(f"{r['shape']:>5} {r['T']:>5} {r['us']:>9.1f} {r.get('us_k16', nan):>9.1f} {r.get('tk_us', nan):>9.1f} "
+            f"{r.get('ours_speedup_vs_tk', nan):>5.2f} {r.get('k16_speedup_vs_tk', nan):>5.2f} "
+            f"{r['torch_bf16_us']:>9.1f} {r['speedup_vs_torch']:>5.1f} "
+            f"{r.get('bf16_floor_us', nan):>7.1f} "
+            f"{r['GBps']:>6.0f} {r['pct_bandwidth']:>4.0f} {r.get('pct_bandwidth_k16', nan):>4.0f} "
+            f"{r.get('tk_pct_bandwidth', nan):>5.0f} {r['TFLOPs']:>6.1f} {r['pct_matmul']:>4.0f} "
+            f"{_cfg_str(r['config']):>16}")
+    if any("ours_logits_us" in r for r in results["sweep"]):
+        log("from logits (ours route + fused_moe vs triton_kernels routing() + 2 matmul_ogs), us: " + ", ".join(
+            f"{r['shape']} T={r['T']}: {r['ours_logits_us']:.1f} vs {r['tk_logits_us']:.1f}"
+            for r in results["sweep"] if "ours_logits_us" in r))
     for r in results.get("breakdown", []):
         log(f"breakdown T={r['T']}: align {r['align_us']:.1f} gemm1 {r['gemm1_us']:.1f} gemm2 {r['gemm2_us']:.1f} "
             f"cast {r['cast_us']:.1f} total {r['total_us']:.1f} us")
     for r in results.get("variants", []):
         if "us" in r:
             c = r["config"]
-            log(f"variant {r['shape']} T={r['T']} {c['block_m']}x{c['block_n']}x{c['block_k']}w{c['num_warps']}"
-                f"s{c['num_stages']}{' swap' if c['swap_ab'] else ''} sk{c['split_k']}: {r['us']:.1f} us "
+            log(f"variant {r['shape']} T={r['T']} {r['layout']} {_cfg_str(c)}: {r['us']:.1f} us "
                 f"{r['pct_bandwidth']:.0f}%bw {r['pct_matmul']:.0f}%mm")
     for k, v in results.get("targets", {}).items():
         log(f"target {k}: {v}")

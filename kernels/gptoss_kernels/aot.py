@@ -10,7 +10,8 @@ the dequantization capability.py picks for (target, dtype), and the shape-depend
 
 Variants: gpt-oss-20b and -120b expert shapes at tensor parallel 1, 2 and 4 (expert width per rank
 2880, 1440, 736), token counts that reach every branch of `pick_config` and both align paths, each
-dtype the target supports (capability.kernel_variant). Launches that differ only in the alignment
+dtype the target supports (capability.kernel_variant), both weight layouts (moe.LAYOUTS: the
+checkpoint byte order and the K16 order of the decode K loop). Launches that differ only in the alignment
 of runtime integers are built once (their code differs only in vectorization hints).
 
 CLI (TRITON_INTERPRET must be unset): python -m gptoss_kernels.aot [--cc 90 ...] [--json OUT]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +40,8 @@ SHAPES = [(f"{m}-tp{tp}", e, 2880, -(-2880 // tp // 32) * 32, 4)
           for m, e in (("20b", 32), ("120b", 128)) for tp in (1, 2, 4)]
 # decode (T*k <= 16 and > 16), middle, prefill rows per expert, and the torch align path (> 2048 slots)
 TOKENS = (1, 8, 256, 1024, 2048)
+# expert weight byte orders (moe.LAYOUTS): both are built for every launch
+LAYOUTS = ("checkpoint", "k16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -93,20 +97,32 @@ def _experts(E: int, H: int, I: int) -> moe_mod.MoEWeights:
         torch.empty(E, H))
 
 
-def record_launches(capability: tuple[int, int], dtype: torch.dtype) -> list[tuple[str, _Launch]]:
-    """Every launch `route` and `fused_moe` make for the package's shapes on this target and dtype."""
+def record_launches(capability: tuple[int, int], dtype: torch.dtype, configs=None) -> list[tuple[str, _Launch]]:
+    """Every launch `route` and `fused_moe` make for the package's shapes on this target and dtype.
+    `configs` (optional): {T: [TileConfig, ...]} launched instead of pick_config's choice at those T
+    (their dequantization is still the target's), for static comparisons of tile variants."""
     out = []
     with _as_if_on(capability) as log:
         for name, E, H, I, k in SHAPES:
-            w = _experts(E, H, I)
-            for T in TOKENS:
-                g = torch.Generator().manual_seed(T)
-                ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(torch.int32)
-                x = torch.empty(T, H, dtype=dtype)
-                moe_mod.route(torch.empty(T, E, dtype=dtype), k)
-                moe_mod.fused_moe(x, torch.rand(T, k), ids, w)
-                out += [(f"{name} T={T}", launch) for launch in log]
-                log.clear()
+            w0 = _experts(E, H, I)
+            for layout in LAYOUTS:
+                # only the layout flag reaches the launch: no need to permute the stand-in bytes
+                w = dataclasses.replace(w0, layout=layout)
+                for T in (configs or TOKENS):
+                    g = torch.Generator().manual_seed(T)
+                    ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(torch.int32)
+                    x = torch.empty(T, H, dtype=dtype)
+                    if configs is None:
+                        moe_mod.route(torch.empty(T, E, dtype=dtype), k)
+                        moe_mod.fused_moe(x, torch.rand(T, k), ids, w)
+                        out += [(f"{name} {layout} T={T}", launch) for launch in log]
+                        log.clear()
+                        continue
+                    dq = moe_mod.pick_config(T, k, E, dtype, capability).dequant
+                    for c in configs[T]:
+                        moe_mod.fused_moe(x, torch.rand(T, k), ids, w, config=dataclasses.replace(c, dequant=dq))
+                        out += [(f"{name} {layout} T={T} {c}", launch) for launch in log if "gemm" in launch.kernel_name]
+                        log.clear()
     return out
 
 
@@ -130,7 +146,7 @@ def _variant_key(kernel, launch: _Launch, signature: dict, constexprs: dict) -> 
                        launch.kwargs.get("num_stages")])
 
 
-def plan(capability: tuple[int, int], dtypes=None, log=print) -> list[dict]:
+def plan(capability: tuple[int, int], dtypes=None, log=print, configs=None) -> list[dict]:
     """The distinct kernels the package launches on this target: one entry per variant, with what
     `triton.compile` needs and a description naming the variant and a launch that uses it."""
     from triton.backends.compiler import GPUTarget
@@ -146,7 +162,7 @@ def plan(capability: tuple[int, int], dtypes=None, log=print) -> list[dict]:
         if not variant.supported:
             log(f"sm_{capability[0]}{capability[1]} {dname}: not supported ({variant.reason}); nothing to build")
             continue
-        for where, launch in record_launches(capability, dtype):
+        for where, launch in record_launches(capability, dtype, configs):
             kernel = getattr(fused_moe_triton, launch.kernel_name)
             signature, constexprs, attrs = _specialize(kernel, launch, backend)[1:]
             key = _variant_key(kernel, launch, signature, constexprs)
@@ -180,6 +196,8 @@ def _compile_one(item: dict) -> dict:
     md = compiled.metadata
     ptx = compiled.asm.get("ptx", "")
     usage = resource_usage(compiled.asm["cubin"])
+    ttgir = compiled.asm.get("ttgir", "")
+    sass = sass_summary(compiled.asm["cubin"])
     cc, consts = item["capability"], item["consts"]
     return {"target": f"sm_{cc[0]}{cc[1]}", "dtype": item["dtype"], "kernel": item["kernel"],
             "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) else repr(v)) for k, v in consts.items()},
@@ -187,6 +205,11 @@ def _compile_one(item: dict) -> dict:
             "registers": usage["registers"], "spill_bytes": usage["local_bytes"], "stack_bytes": usage["stack_bytes"],
             "dequant": cap.DEQUANT_NAMES.get(consts.get("DEQUANT", cap.DEQUANT_PLAIN)),
             "ptx_mma": "mma.sync" in ptx, "ptx_wgmma": "wgmma" in ptx, "ptx_cp_async": "cp.async" in ptx,
+            "ptx_evict_first": "evict_first" in ptx,
+            # layout conversions left in the Triton GPU IR (each one a trip through shared memory or
+            # shuffles) and shared-memory buffers; SASS instruction counts (whole kernel, static)
+            "ttgir_convert_layout": ttgir.count("ttg.convert_layout"), "ttgir_local_alloc": ttgir.count("ttg.local_alloc"),
+            "sass": sass,
             "seconds": round(time.perf_counter() - t0, 2), "where": item["where"], "desc": item["desc"]}
 
 
@@ -197,13 +220,13 @@ def _compile_index(i: int) -> dict:
     return _compile_one(_TODO[i])
 
 
-def build(targets, dtypes=None, jobs: int | None = None, log=print) -> list[dict]:
+def build(targets, dtypes=None, jobs: int | None = None, log=print, configs=None) -> list[dict]:
     """Compile every distinct launch for every target, `jobs` processes at a time (default: the
     CPUs). Raises, naming every variant that does not build."""
     import multiprocessing
 
     global _TODO
-    _TODO = [item for cc in targets for item in plan(cc, dtypes, log)]
+    _TODO = [item for cc in targets for item in plan(cc, dtypes, log, configs)]
     log(f"gptoss_kernels.aot: {len(_TODO)} kernel variants to build")
     jobs = jobs or os.cpu_count() or 1
     if jobs > 1:  # fork: workers inherit the plan (it holds the jit functions, which do not pickle)
@@ -240,6 +263,33 @@ def resource_usage(cubin: bytes) -> dict:
     return {"registers": usage.get("reg"), "stack_bytes": usage.get("stack"), "local_bytes": usage.get("local")}
 
 
+_SASS_OPS = {  # name: regex on a SASS line
+    "HGMMA": r"\bHGMMA\.", "HMMA": r"\bHMMA\.", "LDGSTS": r"\bLDGSTS\b", "LDG.128": r"\bLDG\.E[.A-Z0-9]*\.128\b",
+    "LDG.EF": r"\bLDG\.E\.EF", "LDG": r"\bLDG\b", "LDS": r"\bLDS\b", "LDSM": r"\bLDSM\b", "STS": r"\bSTS\b",
+    "BAR": r"\bBAR\.", "SHFL": r"\bSHFL\.", "PRMT": r"\bPRMT\b", "HMUL2.BF16": r"\bHMUL2\.BF16", "HFMA2.BF16": r"\bHFMA2\.BF16",
+    "RED/ATOM": r"\b(RED|ATOM)\b",
+}
+
+
+def sass_summary(cubin: bytes) -> dict:
+    """Static counts of a few SASS instructions in a cubin (the wheel's cuobjdump -sass): which MMA
+    (HGMMA = wgmma, HMMA = mma.sync), global loads (128-bit, evict-first, cp.async = LDGSTS),
+    shared-memory traffic (LDS/STS/LDSM: layout conversions and operand staging), barriers."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in text.splitlines() if "/*" in ln and ";" in ln]
+    return {k: sum(1 for ln in lines if re.search(rx, ln)) for k, rx in _SASS_OPS.items()} | {"instructions": len(lines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cc", type=int, nargs="*", help="compute capabilities, e.g. 80 90 (default: all targets)")
@@ -256,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'mma':>4} {'cp.async':>8} config")
     for r in rows:
         c = r["constexprs"]
-        cfg = "".join(f"{k}={c[k]} " for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "EVEN_K", "DOT") if k in c)
+        cfg = "".join(f"{k}={c[k]} " for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "EVEN_K", "DOT", "K16", "SWAP_AB")
+                      if k in c)
         print(f"{r['target']:>7} {r['dtype']:>5} {r['kernel']:>14} {str(r['registers']):>5} {str(r['spill_bytes']):>5} "
               f"{r['shared_bytes']:>7} {r['dequant']:>15} {str(r['ptx_mma'] or r['ptx_wgmma']):>4} "
               f"{str(r['ptx_cp_async']):>8} {cfg}w{r['num_warps']}s{r['num_stages']}")

@@ -192,6 +192,105 @@ def _mxfp4_tile_bf16_asm(wb, sc, BN: tl.constexpr, BK: tl.constexpr, USE_FMA: tl
 
 
 @triton.jit
+def _mxfp4_halves(wb, sc, BN: tl.constexpr, BK: tl.constexpr, DEQUANT: tl.constexpr):
+    """The K16 layout (`moe.permute_k16`): byte j of a 32-element block holds element j (low
+    nibble) and element j + 16 (high nibble). uint8 [BN, BK/2] + E8M0 [BN, BK/32] -> (lo, hi), each
+    [BN, BK/2]: lo[:, j] is element 32 * (j // 16) + j % 16 of the tile, hi[:, j] the one 16 after
+    it, and both share scale j // 16. The nibbles are dequantized where they lie: no join, no
+    reshape of the weight tile, so the two halves go to two dots as they are (the activations are
+    loaded in the same order, see `_mxfp4_k_loop`). DEQUANT 1/2: the inline PTX of
+    `_mxfp4_tile_bf16_asm` (it already returns low / high nibbles apart), 0: plain (float32)."""
+    if DEQUANT != 0:
+        s = sc.to(tl.int32)
+        sbits = tl.where(s == 0, 0x40, s << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        sbits = tl.reshape(tl.broadcast_to(sbits[:, :, None], [BN, BK // 32, 16]), [BN, BK // 2])
+        if DEQUANT == 2:
+            lo, hi = tl.inline_asm_elementwise(_E2M1X8_ASM_FMA, "=r,=r,=r,=r,r,r,r", [wb, sbits],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            lo, hi = tl.inline_asm_elementwise(_E2M1X8_ASM_MUL, "=r,=r,=r,=r,r,r,r", [wb, sbits],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    else:
+        scale = ((sc.to(tl.int32) + 14) << 23).to(tl.float32, bitcast=True)
+        scale = tl.reshape(tl.broadcast_to(scale[:, :, None], [BN, BK // 32, 16]), [BN, BK // 2])
+        lo_c = (wb & 0xF).to(tl.int32)
+        hi_c = (wb >> 4).to(tl.int32)
+        lo = (((lo_c & 0x7) << 9) | ((lo_c & 0x8) << 12)).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (((hi_c & 0x7) << 9) | ((hi_c & 0x8) << 12)).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        lo = lo * scale
+        hi = hi * scale
+    return lo, hi
+
+
+@triton.jit
+def _mxfp4_k_loop(a_rows, a_ok, w_rows, s_rows, n_ok, k_begin, k_end,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr,
+                  EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, DEQUANT: tl.constexpr, K16: tl.constexpr,
+                  EVICT_W: tl.constexpr):
+    """The K loop both GEMMs run: acc += a[rows, k] @ dequant(w[n, k])^T over k in [k_begin, k_end).
+
+    a_rows [BLOCK_M, 1] / w_rows, s_rows [BLOCK_N, 1]: row pointers (activations, packed E2M1
+    bytes, E8M0 scales); a_ok / n_ok: which rows are real. k_begin, k_end: multiples of 32
+    (k_begin of BLOCK_K). Returns float32 [BLOCK_M, BLOCK_N], or [BLOCK_N, BLOCK_M] with SWAP_AB
+    (the dequantized weight tile is the MMA's left operand, the few tokens its narrow N side).
+    K16: the weights are in the K16 layout and each K step is two dots on the nibble halves
+    (`_mxfp4_halves`); otherwise the checkpoint layout, dequantized into one [BLOCK_N, BLOCK_K]
+    tile (the nibbles joined back into k order). EVICT_W: weight and scale loads marked
+    evict-first (decode: each weight byte is read once, keep L2 for the activations).
+    """
+    if SWAP_AB:
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    offs_kb = tl.arange(0, BLOCK_K // 2)
+    offs_ks = tl.arange(0, BLOCK_K // 32)
+    if K16:
+        # element of tile column j of the low half: 32 * (j // 16) + j % 16 (runs of 16, 32 bytes)
+        offs_a = (offs_kb // 16) * 32 + offs_kb % 16
+    else:
+        offs_a = tl.arange(0, BLOCK_K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        if EVEN_K:
+            wmask = n_ok
+            smask = n_ok
+            amask = a_ok
+        else:
+            wmask = n_ok & ((k0 // 2 + offs_kb) < k_end // 2)[None, :]
+            smask = n_ok & ((k0 // 32 + offs_ks) < k_end // 32)[None, :]
+            amask = a_ok & ((k0 + offs_a) < k_end)[None, :]
+        if EVICT_W:
+            wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :], mask=wmask, other=0, eviction_policy="evict_first")
+            sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :], mask=smask, other=127,
+                         eviction_policy="evict_first")
+        else:
+            wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :], mask=wmask, other=0)
+            sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :], mask=smask, other=127)
+        if K16:
+            a_lo = tl.load(a_rows + (k0 + offs_a)[None, :], mask=amask, other=0.0)
+            a_hi = tl.load(a_rows + (k0 + 16 + offs_a)[None, :], mask=amask, other=0.0)
+            w_lo, w_hi = _mxfp4_halves(wb, sc, BLOCK_N, BLOCK_K, DEQUANT)
+            if SWAP_AB:
+                acc = _dot_swapped(a_lo, w_lo, acc, DOT)
+                acc = _dot_swapped(a_hi, w_hi, acc, DOT)
+            else:
+                acc = _dot(a_lo, w_lo, acc, DOT)
+                acc = _dot(a_hi, w_hi, acc, DOT)
+        else:
+            a = tl.load(a_rows + (k0 + offs_a)[None, :], mask=amask, other=0.0)
+            if DEQUANT != 0:  # 1: mul.rn.bf16x2 (sm_90+), 2: fma.rn.bf16x2 (sm_80+); capability.py
+                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K, DEQUANT == 2)
+            else:
+                w = _mxfp4_tile(wb, sc, BLOCK_N, BLOCK_K)
+            if SWAP_AB:
+                acc = _dot_swapped(a, w, acc, DOT)
+            else:
+                acc = _dot(a, w, acc, DOT)
+    if SWAP_AB:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def _tile_ids(pid, num_m, num_n, GROUP_M: tl.constexpr):
     """Grouped program order: GROUP_M row blocks share each weight tile while it is in L2."""
     per_group = GROUP_M * num_n
@@ -235,7 +334,7 @@ def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_pt
                   TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  DEQUANT: tl.constexpr):
+                  DEQUANT: tl.constexpr, K16: tl.constexpr = False, EVICT_W: tl.constexpr = False):
     """y[row, :N/2] = swiglu(x[token(row)] @ w13[e]^T + b13[e]) for the rows of one expert block.
 
     N = 2I (rows of w13, gate/up interleaved), K = H. Rows are in the aligned (sorted) order.
@@ -251,39 +350,12 @@ def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_pt
         tok = tl.where(row_ok, slot // TOPK, 0)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        offs_k = tl.arange(0, BLOCK_K)
-        offs_kb = tl.arange(0, BLOCK_K // 2)
-        offs_ks = tl.arange(0, BLOCK_K // 32)
         e64 = expert.to(tl.int64)
         x_rows = x_ptr + tok.to(tl.int64)[:, None] * stride_xt
         w_rows = w_ptr + e64 * stride_we + offs_n[:, None] * stride_wn
         s_rows = s_ptr + e64 * stride_se + offs_n[:, None] * stride_sn
-        if SWAP_AB:
-            acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(x_rows + (k0 + offs_k)[None, :], mask=row_ok[:, None], other=0.0)
-                wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :], mask=n_ok[:, None], other=0)
-                sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :], mask=n_ok[:, None], other=127)
-            else:
-                a = tl.load(x_rows + (k0 + offs_k)[None, :],
-                            mask=row_ok[:, None] & ((k0 + offs_k) < K)[None, :], other=0.0)
-                wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :],
-                             mask=n_ok[:, None] & ((k0 // 2 + offs_kb) < K // 2)[None, :], other=0)
-                sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :],
-                             mask=n_ok[:, None] & ((k0 // 32 + offs_ks) < K // 32)[None, :], other=127)
-            if DEQUANT != 0:  # 1: mul.rn.bf16x2 (sm_90+), 2: fma.rn.bf16x2 (sm_80+); capability.py
-                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K, DEQUANT == 2)
-            else:
-                w = _mxfp4_tile(wb, sc, BLOCK_N, BLOCK_K)
-            if SWAP_AB:
-                acc = _dot_swapped(a, w, acc, DOT)
-            else:
-                acc = _dot(a, w, acc, DOT)
-        if SWAP_AB:
-            acc = tl.trans(acc)
+        acc = _mxfp4_k_loop(x_rows, row_ok[:, None], w_rows, s_rows, n_ok[:, None], 0, K,
+                            BLOCK_M, BLOCK_N, BLOCK_K, DOT, EVEN_K, SWAP_AB, DEQUANT, K16, EVICT_W)
         if HAS_BIAS:
             acc += tl.load(b_ptr + e64 * stride_be + offs_n, mask=n_ok, other=0.0)[None, :]
         gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
@@ -302,7 +374,8 @@ def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block
                   TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr):
+                  SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr, K16: tl.constexpr = False,
+                  EVICT_W: tl.constexpr = False):
     """out[token(row)] += topk_w[slot(row)] * (y[row] @ w2[e]^T + b2[e]); N = H, K = I.
 
     SPLIT_K > 1 (decode): program_id(1) takes one K range; the partial products are linear in y, so
@@ -324,39 +397,12 @@ def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block
         tok = tl.where(row_ok, slot // TOPK, 0)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        offs_k = tl.arange(0, BLOCK_K)
-        offs_kb = tl.arange(0, BLOCK_K // 2)
-        offs_ks = tl.arange(0, BLOCK_K // 32)
         e64 = expert.to(tl.int64)
         y_rows = y_ptr + rows.to(tl.int64)[:, None] * stride_ym
         w_rows = w_ptr + e64 * stride_we + offs_n[:, None] * stride_wn
         s_rows = s_ptr + e64 * stride_se + offs_n[:, None] * stride_sn
-        if SWAP_AB:
-            acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(k_begin, k_end, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(y_rows + (k0 + offs_k)[None, :], mask=row_ok[:, None], other=0.0)
-                wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :], mask=n_ok[:, None], other=0)
-                sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :], mask=n_ok[:, None], other=127)
-            else:
-                a = tl.load(y_rows + (k0 + offs_k)[None, :],
-                            mask=row_ok[:, None] & ((k0 + offs_k) < k_end)[None, :], other=0.0)
-                wb = tl.load(w_rows + (k0 // 2 + offs_kb)[None, :],
-                             mask=n_ok[:, None] & ((k0 // 2 + offs_kb) < k_end // 2)[None, :], other=0)
-                sc = tl.load(s_rows + (k0 // 32 + offs_ks)[None, :],
-                             mask=n_ok[:, None] & ((k0 // 32 + offs_ks) < k_end // 32)[None, :], other=127)
-            if DEQUANT != 0:  # 1: mul.rn.bf16x2 (sm_90+), 2: fma.rn.bf16x2 (sm_80+); capability.py
-                w = _mxfp4_tile_bf16_asm(wb, sc, BLOCK_N, BLOCK_K, DEQUANT == 2)
-            else:
-                w = _mxfp4_tile(wb, sc, BLOCK_N, BLOCK_K)
-            if SWAP_AB:
-                acc = _dot_swapped(a, w, acc, DOT)
-            else:
-                acc = _dot(a, w, acc, DOT)
-        if SWAP_AB:
-            acc = tl.trans(acc)
+        acc = _mxfp4_k_loop(y_rows, row_ok[:, None], w_rows, s_rows, n_ok[:, None], k_begin, k_end,
+                            BLOCK_M, BLOCK_N, BLOCK_K, DOT, EVEN_K, SWAP_AB, DEQUANT, K16, EVICT_W)
         if HAS_BIAS:
             bias = tl.load(b_ptr + e64 * stride_be + offs_n, mask=n_ok, other=0.0)
             acc += tl.where(pid_k == 0, bias, 0.0)[None, :]

@@ -25,6 +25,11 @@ from .mxfp4 import BLOCK as MXFP4_BLOCK
 from .reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
 
+# tests only: set when the interpreter's inline-asm hook is replaced by an emulation of the
+# dequantization PTX (tests/kernels/test_fused_moe_k16.py), so the PTX variants run there
+_INTERPRETER_PTX = False
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -109,6 +114,10 @@ class MoEWeights:
     w2: torch.Tensor
     w2_scales: torch.Tensor
     w2_bias: torch.Tensor | None
+    # byte order of w13 / w2 inside each 32-element block: "checkpoint" (byte i = elements 2i, 2i+1,
+    # low nibble first) or "k16" (byte i = elements i and i + 16; `permute_k16`), which the GEMMs
+    # read without re-ordering the dequantized tile (fused_moe_triton._mxfp4_halves)
+    layout: str = "checkpoint"
 
     @property
     def num_experts(self) -> int:
@@ -168,13 +177,50 @@ def _as_bias(name: str, bias: torch.Tensor | None, shape: tuple[int, int], devic
     return bias.to(device=device, dtype=torch.float32).contiguous()
 
 
-def prepare_moe_weights(w13_blocks, w13_scales, w13_bias, w2_blocks, w2_scales, w2_bias) -> MoEWeights:
+LAYOUTS = ("checkpoint", "k16")
+LAYOUT_ENV = "GPTOSS_KERNELS_WEIGHT_LAYOUT"
+
+
+def permute_k16(blocks: torch.Tensor, out: torch.Tensor | None = None, chunk: int = 1) -> torch.Tensor:
+    """Checkpoint byte order -> K16 order, per 32-element block (16 bytes): byte j of the result
+    holds element j in its low nibble and element j + 16 in its high nibble (the checkpoint's byte
+    i holds elements 2i and 2i + 1). Same shape and dtype; `out` may be `blocks` itself (in place,
+    `chunk` experts (leading index) at a time, so the extra memory is a few experts' codes)."""
+    if blocks.dtype != torch.uint8 or blocks.shape[-1] % 16:
+        raise ValueError(f"blocks: expected uint8 [..., K/2] with K a multiple of 32, found "
+                         f"{blocks.dtype} {tuple(blocks.shape)}")
+    out = torch.empty_like(blocks) if out is None else out
+    lead = blocks.shape[0] if blocks.dim() > 1 else 1
+    src, dst = blocks.reshape(lead, -1, 16), out.view(lead, -1, 16)
+    for e in range(0, lead, chunk):
+        b = src[e:e + chunk]
+        codes = torch.stack((b & 0xF, b >> 4), dim=-1).flatten(-2)  # [c, nb, 32] in k order
+        dst[e:e + chunk] = codes[..., :16] | (codes[..., 16:] << 4)
+    return out
+
+
+def unpermute_k16(blocks: torch.Tensor) -> torch.Tensor:
+    """The inverse of `permute_k16` (tests, and reading a K16 tensor back as a checkpoint)."""
+    b = blocks.reshape(*blocks.shape[:-1], -1, 16)
+    codes = torch.cat((b & 0xF, b >> 4), dim=-1)  # [..., nb, 32] in k order
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).reshape(blocks.shape)
+
+
+def prepare_moe_weights(w13_blocks, w13_scales, w13_bias, w2_blocks, w2_scales, w2_bias,
+                        layout: str | None = None, inplace: bool = False) -> MoEWeights:
     """Checkpoint (or vLLM parameter) MXFP4 expert tensors -> `MoEWeights` for `fused_moe`. Once, at load.
 
     w13_blocks: uint8 [E, 2I, H/32, 16] or [E, 2I, H/2]; w13_scales: uint8 [E, 2I, H/32];
     w13_bias: [E, 2I] float (bf16/fp16/fp32) or None. w2: the same with [E, H, I/32(, 16)] and [E, H].
     H and I must be multiples of 32 (one E8M0 scale per 32 elements).
+    layout: "checkpoint" (no copy when the blocks are contiguous) or "k16" (`permute_k16`: the byte
+    order the decode-oriented K loop reads without shuffling the dequantized tile; a copy of the
+    blocks, or with `inplace=True` written back into the given (contiguous) block tensors, which
+    then hold the K16 order). None: $GPTOSS_KERNELS_WEIGHT_LAYOUT, else "checkpoint".
     """
+    layout = layout or os.environ.get(LAYOUT_ENV, "checkpoint")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, found {layout!r}")
     w13 = _as_packed("w13", w13_blocks, w13_scales, None)
     E, N13, _ = w13.shape
     H = w13_scales.shape[2] * MXFP4_BLOCK
@@ -188,9 +234,15 @@ def prepare_moe_weights(w13_blocks, w13_scales, w13_bias, w2_blocks, w2_scales, 
             f"(I a multiple of 32), found {tuple(w2_scales.shape)}")
     if w2.device != w13.device:
         raise ValueError(f"w2 is on {w2.device} but w13 on {w13.device}")
+    if layout == "k16":
+        if inplace and not (w13.data_ptr() == w13_blocks.data_ptr() and w2.data_ptr() == w2_blocks.data_ptr()):
+            raise ValueError("inplace=True needs contiguous w13_blocks and w2_blocks")
+        w13 = permute_k16(w13, out=w13 if inplace else None)
+        w2 = permute_k16(w2, out=w2 if inplace else None)
     return MoEWeights(
         w13=w13, w13_scales=w13_scales.contiguous(), w13_bias=_as_bias("w13_bias", w13_bias, (E, N13), w13.device),
-        w2=w2, w2_scales=w2_scales.contiguous(), w2_bias=_as_bias("w2_bias", w2_bias, (E, H), w13.device))
+        w2=w2, w2_scales=w2_scales.contiguous(), w2_bias=_as_bias("w2_bias", w2_bias, (E, H), w13.device),
+        layout=layout)
 
 
 # --------------------------------------------------------------------------------------- fused_moe
@@ -207,6 +259,7 @@ class TileConfig:
     # E2M1 dequantization (capability.DEQUANT_*): plain, or inline PTX on bf16x2 (sm_90: mul,
     # sm_80..89: fma); chosen per device and dtype by capability.kernel_variant
     dequant: int = DEQUANT_PLAIN
+    evict_w: bool = False  # weight/scale loads evict-first (decode: each weight byte is read once)
 
 
 def pick_config(num_tokens: int, top_k: int, num_experts: int, dtype: torch.dtype = torch.bfloat16,
@@ -236,7 +289,7 @@ def _pick_config(rows: int, slots: int) -> TileConfig:
     # with GEMM2 split 4 ways 65.2 us (16x32x256: 78.9); T=16 split 2 ways 515.7 us (16x32x256
     # split 4: 725.8); T=4096 64x128x64 with 4 warps 3.58 ms (128x128x64 with 8 warps: 4.01)
     if rows <= 16:
-        return TileConfig(16, 64, 256, 4, 3, split_k=4 if slots <= 16 else 2)
+        return TileConfig(16, 64, 256, 4, 3, split_k=4 if slots <= 16 else 2, evict_w=True)
     if rows <= 48:
         return TileConfig(32, 64, 128, 4, 4)
     return TileConfig(64, 128, 64, 4, 4)
@@ -296,7 +349,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     if T == 0:
         return out if out is not None else torch.empty(0, H, dtype=out_dtype, device=x.device)
     cfg = config or pick_config(T, top_k, E, x.dtype, device_capability(x.device))
-    if cfg.dequant != DEQUANT_PLAIN and (x.dtype != torch.bfloat16 or _interpreting()):
+    if cfg.dequant != DEQUANT_PLAIN and (x.dtype != torch.bfloat16 or (_interpreting() and not _INTERPRETER_PTX)):
         raise ValueError(f"config: inline-PTX dequantization ({cfg.dequant}) needs bf16 activations on a "
                          f"GPU, found {x.dtype}{' in the interpreter' if _interpreting() else ''}")
     bm = cfg.block_m
@@ -326,7 +379,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         b13.stride(0), act.stride(0), float(alpha), float(limit),
         TOPK=top_k, HAS_BIAS=w.w13_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        EVEN_K=H % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, DEQUANT=cfg.dequant, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_K=H % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, DEQUANT=cfg.dequant,
+        K16=w.layout == "k16", EVICT_W=cfg.evict_w, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 2:
         return acc
     grid2 = (max_blocks * triton_cdiv(H, cfg.block_n), cfg.split_k)
@@ -337,7 +391,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         b2.stride(0), acc.stride(0),
         TOPK=top_k, HAS_BIAS=w.w2_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        EVEN_K=I % cfg.block_k == 0 and cfg.split_k == 1, SWAP_AB=cfg.swap_ab, SPLIT_K=cfg.split_k, DEQUANT=cfg.dequant, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_K=I % cfg.block_k == 0 and cfg.split_k == 1, SWAP_AB=cfg.swap_ab, SPLIT_K=cfg.split_k, DEQUANT=cfg.dequant,
+        K16=w.layout == "k16", EVICT_W=cfg.evict_w, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 3:
         return acc
     if out is not None:

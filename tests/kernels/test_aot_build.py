@@ -2,7 +2,8 @@
 vLLM serves gpt-oss on (sm_75 in fp16; sm_80, 86, 89, 90, 100, 120 in bf16 and fp16), with the
 ptxas in the triton wheel: no GPU needed. `gptoss_kernels.aot` records the launches of the real
 host code (`route`, `fused_moe`: align, GEMM1, GEMM2; the cast is a torch op, not a kernel) for
-each target and compiles each distinct variant. A variant that does not build fails the test."""
+each target and both weight layouts (checkpoint byte order, K16) and compiles each distinct
+variant. A variant that does not build fails the test."""
 
 import json
 import os
@@ -62,6 +63,9 @@ def test_every_target_and_dtype_builds(built, monkeypatch):
             want = cap.kernel_variant((a, b), {"bf16": __import__("torch").bfloat16,
                                                "fp16": __import__("torch").float16}[d]).dequant
             assert {r["constexprs"]["DEQUANT"] for r in rows if r["kernel"].startswith("_gemm")} == {want}, (t, d)
+            # both weight layouts (checkpoint byte order and K16), for both GEMMs
+            for kern in ("_gemm1_kernel", "_gemm2_kernel"):
+                assert {r["constexprs"]["K16"] for r in rows if r["kernel"] == kern} == {False, True}, (t, d, kern)
     assert any(r["kernel"] == "_align_kernel" for r in built)
 
 
