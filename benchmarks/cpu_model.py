@@ -108,8 +108,58 @@ def write_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}, indent=2) + "\n")
+    # the released checkpoint ships its tokenizer; llama.cpp's converter reads it (vLLM here does not)
+    from gptoss_dev.fixture.tokenizer import write_tokenizer
+
+    write_tokenizer(out)
     print(f"checkpoint {out}: {total / 2**30:.2f} GiB", flush=True)
     return out
+
+
+# ------------------------------------------------------------------------------------- llama.cpp
+LLAMA_CPP_PYTHON = "0.3.36"  # the release measured in ../shared/research; its vendored llama.cpp converts
+
+
+def prepare_llamacpp(model: Path, venv: Path, version: str, gguf: Path | None) -> Path:
+    """Build llama-cpp-python `version` from its PyPI sdist into its own venv (never beside vLLM:
+    it pins its own numpy), then convert `model` with the `convert_hf_to_gguf.py` vendored in that
+    same sdist, experts kept MXFP4 (the converter's gpt-oss path repacks them, it does not
+    requantize) and every other tensor bf16, the bytes vLLM reads. Returns the GGUF path.
+    The converter runs under this venv's Python (it needs torch and transformers, which we have)."""
+    import tarfile
+
+    venv_py = venv / "bin" / "python"
+    src = venv / "src" / f"llama_cpp_python-{version}"
+    if not venv_py.exists():
+        _logged([sys.executable, "-m", "venv", str(venv)], "create the llama.cpp venv")
+    probe = subprocess.run([str(venv_py), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stdout.strip() != version:
+        # --no-binary: compiled here, for this CPU (llama.cpp's default GGML_NATIVE build)
+        _logged([str(venv_py), "-m", "pip", "install", "--no-binary", "llama-cpp-python",
+                 f"llama-cpp-python=={version}"], f"build llama-cpp-python {version} from source (~7 min on 2 cores)")
+    if not src.exists():
+        dl = venv / "src"
+        _logged([str(venv_py), "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-d", str(dl),
+                 f"llama-cpp-python=={version}"], "fetch the sdist for its convert_hf_to_gguf.py")
+        with tarfile.open(next(dl.glob(f"llama_cpp_python-{version}.tar.gz"))) as tar:
+            tar.extractall(dl, filter="data")
+    gguf = gguf or model.parent / f"{model.name}-mxfp4-bf16.gguf"
+    if not gguf.exists():
+        llama = src / "vendor" / "llama.cpp"
+        env = dict(os.environ, PYTHONPATH=str(llama / "gguf-py"), NO_LOCAL_GGUF="")
+        _logged([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16",
+                 "--outfile", str(gguf)], f"convert {model} to {gguf}", env=env)
+    return gguf
+
+
+def _logged(cmd: list[str], what: str, env=None) -> None:
+    print(f"  {what}: {' '.join(cmd)}", flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed (exit status {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    print(f"    done in {time.perf_counter() - t:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -145,6 +195,7 @@ def _vllm_worker(spec: dict) -> dict:
     t_prefill = timed(1)
     t_total = timed(1 + spec["decode_tokens"])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    profile = _profile_decode(timed, spec["profile"]) if spec["profile"] else None
     from vllm_gptoss import moe_ops  # the engine runs in this process: its kernel state is ours to read
 
     native = moe_ops._native
@@ -152,7 +203,26 @@ def _vllm_worker(spec: dict) -> dict:
             "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
             "prefill_tokens_per_s": spec["prompt_tokens"] / t_prefill,
             "decode_tokens_per_s": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
-            "peak_rss_bytes": rss}
+            "peak_rss_bytes": rss, "profile": profile}
+
+
+def _profile_decode(timed, steps: int) -> dict:
+    """Where a decode step's time goes: torch.profiler over a prefill and `steps` decode steps,
+    minus a prefill alone, by op (self CPU time; run eager for per-op names, compiled code shows up
+    as one graph call), in ms per decode step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def ops(n):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            wall = timed(n)
+        return wall, {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+    w1, one = ops(1)
+    wn, many = ops(1 + steps)
+    per_step = {k: (v - one.get(k, 0.0)) / steps for k, v in many.items()}
+    top = sorted(per_step.items(), key=lambda kv: -kv[1])[:30]
+    return {"steps": steps, "wall_ms_per_step": (wn - w1) * 1e3 / steps,
+            "self_cpu_ms_per_step": dict((k, round(v, 3)) for k, v in top)}
 
 
 def _llamacpp_worker(spec: dict) -> dict:
@@ -187,14 +257,18 @@ def _llamacpp_worker(spec: dict) -> dict:
 
 def _run_variant(variant: str, args) -> dict:
     spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
-            "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant}
+            "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant,
+            "profile": args.profile}
     env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                VLLM_CPU_OMP_THREADS_BIND=f"0-{args.threads - 1}" if args.threads > 1 else "0",
                VLLM_CPU_KVCACHE_SPACE=str(args.kv_cache_gib), OMP_NUM_THREADS=str(args.threads))
     if variant == "torch":
         env["VLLM_GPTOSS_CPU_NATIVE"] = "0"
+    if variant == "stock":  # vLLM's own gpt-oss class and MXFP4 method (needs AMX on the CPU)
+        env["VLLM_GPTOSS_DISABLE"] = "1"
+    python = str(args.llamacpp_venv / "bin" / "python") if variant == "llamacpp" else sys.executable
     load_before = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "_worker", json.dumps(spec)],
+    proc = subprocess.run([python, os.path.abspath(__file__), "_worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -231,38 +305,48 @@ def main() -> int:
     w.add_argument("--shape", choices=sorted(SHAPES), required=True)
     w.add_argument("--out", type=Path, required=True)
     w.add_argument("--seed", type=int, default=0)
+    lc = sub.add_parser("llamacpp", help="build llama-cpp-python from source in its own venv and convert a checkpoint to GGUF")
+    lc.add_argument("--model", type=Path, required=True)
+    lc.add_argument("--venv", type=Path, required=True, help="where to create the llama.cpp venv")
+    lc.add_argument("--version", default=LLAMA_CPP_PYTHON)
+    lc.add_argument("--gguf", type=Path, help="output GGUF (default: beside the checkpoint)")
     r = sub.add_parser("run", help="serve a checkpoint through vLLM-CPU and measure")
     r.add_argument("--model", type=Path, required=True)
     r.add_argument("--out", required=True, help="JSON results file")
-    r.add_argument("--variants", nargs="+", choices=("native", "torch", "llamacpp"), default=["native"])
-    r.add_argument("--gguf", help="GGUF of the same checkpoint for the llamacpp variant")
+    r.add_argument("--variants", nargs="+", choices=("native", "torch", "stock", "llamacpp"), default=["native"])
+    r.add_argument("--gguf", help="GGUF of the same checkpoint for the llamacpp variant (made by `llamacpp`)")
+    r.add_argument("--llamacpp-venv", type=Path, help="the venv `llamacpp` built (for the llamacpp variant)")
     r.add_argument("--prompt-tokens", type=int, default=256)
     r.add_argument("--decode-tokens", type=int, default=32)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--kv-cache-gib", type=int, default=1)
     r.add_argument("--enforce-eager", action="store_true", help="no torch.compile (vLLM-CPU compiles by default)")
     r.add_argument("--timeout", type=float, default=7200)
+    r.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="also profile STEPS decode steps by op (torch.profiler; with --enforce-eager for op names)")
     args = p.parse_args()
     if args.cmd == "write":
         write_checkpoint(args.shape, args.out, args.seed)
+        return 0
+    if args.cmd == "llamacpp":
+        print(prepare_llamacpp(args.model, args.venv, args.version, args.gguf))
         return 0
     if not (args.model / "config.json").exists():
         p.error(f"--model: no config.json in {args.model}")
     results = []
     for variant in args.variants:
-        if variant == "llamacpp":
-            try:
-                import llama_cpp  # noqa: F401
-            except ImportError:
-                print("  llamacpp: llama_cpp is not installed; skipped", flush=True)
-                continue
-            if not args.gguf:
-                p.error("--variants llamacpp needs --gguf")
+        if variant == "llamacpp" and not (args.gguf and args.llamacpp_venv):
+            p.error("--variants llamacpp needs --gguf and --llamacpp-venv (both made by the `llamacpp` command)")
         res = _run_variant(variant, args)
         results.append(res)
         print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
               f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
               f"(load avg {res['load_avg_1min_before']:.1f} -> {res['load_avg_1min_after']:.1f})", flush=True)
+        if res.get("profile"):
+            prof = res["profile"]
+            print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
+            for k, v in list(prof["self_cpu_ms_per_step"].items())[:20]:
+                print(f"      {v:9.2f}  {k}")
     doc = {"benchmark": "cpu_model", "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([os.path.relpath(sys.executable)] + sys.argv), "machine": machine_info(),
            "model_config": json.loads((args.model / "config.json").read_text()),

