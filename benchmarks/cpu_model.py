@@ -20,9 +20,12 @@ itself). One warm-up request, then
            decode tok/s = D / (time - prefill time).
 Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
 Variants: `native` (the plugin with its native CPU MoE kernel, the default), `torch` (the plugin with
-VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `llamacpp` (llama-cpp-python on a GGUF of
-the same checkpoint given with --gguf, made with llama.cpp's convert_hf_to_gguf.py; skipped when
-llama_cpp is not installed). The machine's load average is recorded before and after each variant.
+VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `stock` (VLLM_GPTOSS_DISABLE=1: vLLM's
+own class and MXFP4 method, which runs only on CPUs with AMX), `llamacpp` (llama-cpp-python on a GGUF
+of the same checkpoint: `cpu_model.py llamacpp --model CKPT --venv VENV` builds llama-cpp-python from
+its PyPI sdist in its own venv and converts with that release's convert_hf_to_gguf.py; then
+`run --variants llamacpp --gguf GGUF --llamacpp-venv VENV`). `--profile N` adds where N decode steps'
+time goes, by op (use with --enforce-eager). The machine's load average is recorded before and after each variant.
 """
 
 from __future__ import annotations
