@@ -122,7 +122,7 @@ def expert_sharding(layer) -> tuple[bool, int, int]:
 
 def vocab_tables_packed_once(embed_tokens, lm_head) -> None:
     """Give the embedding and the untied lm_head quantization methods that keep one copy of each
-    201,088 x 2880 table on vLLM-CPU instead of three (2.2 GB less resident at gpt-oss shapes).
+    201,088 x 2880 table on vLLM-CPU instead of two each (1.85 GiB less peak RSS measured at 20b).
 
     vLLM 0.32's `UnquantizedEmbeddingMethod.process_weights_after_loading` (vocab_parallel_embedding.py)
     calls `dispatch_cpu_unquantized_gemm(layer, remove_weight=False)` (layers/utils.py) for every
