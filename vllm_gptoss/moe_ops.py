@@ -95,7 +95,7 @@ def triton_moe(x, topk_weights, topk_ids, prepared, alpha: float, limit: float) 
 
 
 # ------------------------------------------------------------------------------ native CPU kernel
-_native = None          # gptoss_kernels.cpu.NativeMoE once loaded in this process
+_native = None          # gptoss_kernels.cpu.NativeKernels once loaded in this process
 _native_error = None    # why it is unavailable (warned once)
 
 

