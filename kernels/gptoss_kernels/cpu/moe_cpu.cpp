@@ -157,26 +157,28 @@ void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
 }
 
 
-// One activation row of the q16 mode. Each value is quantized to int16 q = round(x / step) with one
-// step per 32-block (step = max|x| / 32767) and stored as two bytes, q = 256 * hi + lo (hi signed,
-// lo unsigned), so that vpmaddubsw (unsigned x signed bytes) computes the exact int16 dot with two
-// byte products: W . q = 256 * ((W + 12) . hi - 12 * sum(hi)) + W . lo, with W = 2 * E2M1 in
-// [-12, 12] and no int16 saturation (|pair sums| <= 2 * 255 * 12 and 2 * 24 * 128).
-// Per block: hi and lo 32 bytes each (the even/odd-split layout), corr = 8 int32 lanes holding
-// 12 * the sums of hi over the groups of 4 bytes that vpmaddwd(vpmaddubsw(.), 1) adds into each
-// lane, half = step / 2 (the 1/2 of W = 2 * E2M1), xf = the fp32 row (for extreme weight scales).
+// One activation row of the q16 mode: each value quantized to int16 q = round(x / step), one step
+// per 32-block (step = max|x| / 32767). Per block, the 32 values are stored in the order the
+// weights come out of dot_q16's decode: [even 0-7 | odd 0-7], then [even 8-15 | odd 8-15].
+// half = step / 2 (the 1/2 of W = 2 * E2M1) / 256 (the weights sit in the high byte of each int16
+// word); xf = the fp32 row (even/odd-split layout) for blocks with extreme weight scales.
 struct Q16Row {
-  const int8_t* hi;
-  const uint8_t* lo;
-  const int32_t* corr;
+  const int16_t* q;
   const float* half;
   const float* xf;
 };
 
-// Quantizes one row of n fp32 values (whole 32-blocks) into q16 storage at hi, lo (n bytes each),
-// corr (n / 4 int32), half (n / 32). Non-finite blocks get half = NaN and q = 0, so that the NaN
-// reaches the output as it would in float arithmetic.
-inline Q16Row quantize_q16(const float* x, int64_t n, int8_t* hi, uint8_t* lo, int32_t* corr, float* half) {
+// position, inside its 32-block, of element i of the even/odd-split layout (i < 16: even element
+// 2i, else odd element 2(i-16)+1) in the q16 storage order
+inline int q16_pos(int i) {
+  const int odd = i >= 16, j = i & 15;  // j-th even or odd element
+  return (j >= 8 ? 16 : 0) + odd * 8 + (j & 7);
+}
+
+// Quantizes one row of n fp32 values (even/odd-split layout, whole 32-blocks) into q (n int16) and
+// half (n / 32). Non-finite blocks get half = NaN and q = 0, so that the NaN reaches the output as
+// it would in float arithmetic.
+inline Q16Row quantize_q16(const float* x, int64_t n, int16_t* q, float* half) {
   for (int64_t b = 0; b < n / kBlock; ++b) {
     const float* xb = x + b * kBlock;
     float amax = 0.f;
@@ -186,67 +188,65 @@ inline Q16Row quantize_q16(const float* x, int64_t n, int8_t* hi, uint8_t* lo, i
       finite &= std::isfinite(xb[i]);
     }
     const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
-    half[b] = finite ? amax / 32767.f * 0.5f : NAN;
-    for (int g = 0; g < kBlock / 4; ++g) {
-      int32_t sum = 0;
-      for (int i = 4 * g; i < 4 * g + 4; ++i) {
-        const int32_t q = int32_t(std::lrintf(xb[i] * inv));  // |q| <= 32767
-        hi[b * kBlock + i] = int8_t(q >> 8);                 // arithmetic shift: floor(q / 256)
-        lo[b * kBlock + i] = uint8_t(q & 0xff);
-        sum += q >> 8;
-      }
-      corr[b * 8 + g] = 12 * sum;
-    }
+    half[b] = finite ? amax / 32767.f * (0.5f / 256.f) : NAN;
+    for (int i = 0; i < kBlock; ++i) q[b * kBlock + q16_pos(i)] = int16_t(std::lrintf(xb[i] * inv));
   }
-  return {hi, lo, corr, half, x};
+  return {q, half, x};
 }
 
 #if defined(GK_AVX2)
-// 2 * E2M1 as int8 (every code times 2 is an integer in [-12, 12]) and the same plus 12 (unsigned),
-// both lanes alike for a 256-bit vpshufb
+// 2 * E2M1 as int8: every code times 2 is an integer in [-12, 12]; both lanes alike for a 256-bit
+// vpshufb
 alignas(32) const int8_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
                                         0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-alignas(32) const int8_t kE2M1x2p12[32] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
-                                           12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
 // As dot_f32 for q16 activation rows. Per block and row: the 16 code bytes go to both 128-bit
-// lanes, the high lane shifted by a nibble, so one 256-bit vpshufb gives the 32 weights in the
-// activations' even/odd-split order (one shuffle per 32 weights: the shuffle ports are what bound
-// this loop on AVX2 CPUs). Per token: two vpmaddubsw, two vpmaddwd, the offset correction, one
-// fp32 FMA with 2^(scale-127) * step / 2. The caller guarantees every scale of the R rows is in
-// [2, 252] (q16_scales_ok); other row blocks take dot_f32 on the fp32 rows. No branch in the
-// loop, so that the R x M accumulators stay in registers.
+// lanes, the high lane shifted by a nibble, so one 256-bit vpshufb gives the 32 weights W (int8)
+// as [even | odd]; interleaving them with zero bytes (vpunpck*bw, in-lane) makes int16 words
+// 256 * W, and two vpmaddwd with the int16 activations give 8 exact int32 partial sums (|256 W q|
+// <= 256 * 12 * 32767, four per lane: < 2^31). Then one FMA with 2^(scale-127) * half. The caller
+// guarantees every scale of the R rows is in [2, 252] (q16_scales_ok); other row blocks take
+// dot_f32 on the fp32 rows. No branch in the loop, so that the R x M accumulators stay in
+// registers.
+// Rows of the register blocks that follow are prefetched while this one runs: the R interleaved
+// row streams of a block (row stride K/2 bytes) defeat the hardware prefetcher of the AVX2 CPU
+// measured (AMD Zen 3): 1.4-1.6x at one token, from DRAM (BENCHMARKS.md). Prefetches past the
+// tile or the tensor are harmless (no fault) and cheap (one per 4 blocks and row).
+constexpr int kQ16PrefetchAhead = 2;
+
 template <int R, int M>
 void dot_q16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const Q16Row* xs,
              float* out) {
   const __m256i lut = _mm256_load_si256((const __m256i*)kE2M1x2);
-  const __m256i lut12 = _mm256_load_si256((const __m256i*)kE2M1x2p12);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i nibble_hi_lane = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i zero = _mm256_setzero_si256();
   __m256 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    __m256 hv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) hv[m] = _mm256_broadcast_ss(xs[m].half + b);
+    if ((b & 3) == 0) {  // one cache line of each row kQ16PrefetchAhead register blocks further on
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch((const char*)(w + (r + kQ16PrefetchAhead * R) * ldw + b * 16), _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
-      const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(c, nibble_hi_lane), m4);
-      const __m256i wv = _mm256_shuffle_epi8(lut, idx);      // W, signed
-      const __m256i wv12 = _mm256_shuffle_epi8(lut12, idx);  // W + 12, unsigned
+      const __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srlv_epi32(c, nibble_hi_lane), m4));
+      const __m256i w0 = _mm256_unpacklo_epi8(zero, wv), w1 = _mm256_unpackhi_epi8(zero, wv);
       const __m256 ws = _mm256_broadcast_ss(&kScale.v[s[r * lds + b]]);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        const __m256i xh = _mm256_loadu_si256((const __m256i*)(xs[m].hi + b * 32));
-        const __m256i xl = _mm256_loadu_si256((const __m256i*)(xs[m].lo + b * 32));
-        const __m256i ph = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv12, xh), ones),
-                                            _mm256_loadu_si256((const __m256i*)(xs[m].corr + b * 8)));
-        const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(xl, wv), ones);
-        const __m256i p = _mm256_add_epi32(_mm256_slli_epi32(ph, 8), pl);
-        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ws, _mm256_broadcast_ss(xs[m].half + b)),
-                                    acc[r][m]);
+        const int16_t* q = xs[m].q + b * 32;
+        const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)q)),
+                                           _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(q + 16))));
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ws, hv[m]), acc[r][m]);
       }
     }
   }
@@ -259,33 +259,31 @@ void dot_q16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
 
 // Storage for `rows` q16 rows of n values each.
 struct Q16Buffer {
-  std::vector<int8_t> hi;
-  std::vector<uint8_t> lo;
-  std::vector<int32_t> corr;
+  std::vector<int16_t> q;
   std::vector<float> half;
   std::vector<Q16Row> rows;
   int64_t n = 0;
   void resize(int64_t count, int64_t n_) {
     n = n_;
-    hi.resize(count * n);
-    lo.resize(count * n);
-    corr.resize(count * n / 4);
+    q.resize(count * n);
     half.resize(count * n / kBlock);
     rows.resize(count);
   }
   void quantize(int64_t i, const float* x) {
-    rows[i] = quantize_q16(x, n, hi.data() + i * n, lo.data() + i * n, corr.data() + i * n / 4,
-                           half.data() + i * n / kBlock);
+    rows[i] = quantize_q16(x, n, q.data() + i * n, half.data() + i * n / kBlock);
   }
 };
 
 // Whether every E8M0 scale of R rows x nb blocks is in [2, 252], where the q16 step is exact
 // (outside it, the weights are subnormal or near float32's limit: dot_f32 handles them exactly).
 inline bool q16_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
-  bool ok = true;
+  uint8_t lo = 255, hi = 0;  // min / max: a loop the compiler vectorizes
   for (int r = 0; r < R; ++r)
-    for (int64_t b = 0; b < nb; ++b) ok &= unsigned(s[r * lds + b] - 2) <= 250u;
-  return ok;
+    for (int64_t b = 0; b < nb; ++b) {
+      lo = std::min(lo, s[r * lds + b]);
+      hi = std::max(hi, s[r * lds + b]);
+    }
+  return lo >= 2 && hi <= 252;
 }
 
 #if defined(GK_BF16)
