@@ -17,7 +17,11 @@ threads bound to cores 0..threads-1 (VLLM_CPU_OMP_THREADS_BIND; vLLM-CPU otherwi
 itself). One warm-up request, then
   prefill: a random prompt of --prompt-tokens tokens with max_tokens=1: prefill tok/s = P / time;
   decode:  another random prompt of the same length with max_tokens = 1 + --decode-tokens (ignore_eos):
-           decode tok/s = D / (time - prefill time).
+           decode tok/s = D / (last token - first token), from the engine's timestamps of that
+           request (RequestOutput.metrics; log stats on). The older estimate, D / (time - prefill
+           time), is kept as decode_tokens_per_s_by_difference: it carries a second prefill's noise,
+           which dominates when the prefill takes longer than the decode (AVX2 machines).
+           llama.cpp's decode is timed around its D eval calls alone.
 Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
 Variants: `native` (the plugin with its native CPU MoE kernel, the default), `torch` (the plugin with
 VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `stock` (VLLM_GPTOSS_DISABLE=1: vLLM's
@@ -176,7 +180,7 @@ def _vllm_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=spec["enforce_eager"],
               max_model_len=spec["prompt_tokens"] + spec["decode_tokens"] + 16, enable_prefix_caching=False,
-              seed=0, disable_log_stats=True)
+              seed=0, disable_log_stats=False)  # stats on: the request's token timestamps (below)
     load_s = time.perf_counter() - t0
     import random
 
@@ -192,11 +196,16 @@ def _vllm_worker(spec: dict) -> dict:
         res = llm.generate([p], sp, use_tqdm=False)
         dt = time.perf_counter() - t
         assert len(res[0].outputs[0].token_ids) == max_tokens
+        timed.metrics = res[0].metrics
         return dt
 
     timed(2)  # warm-up
     t_prefill = timed(1)
     t_total = timed(1 + spec["decode_tokens"])
+    # decode from the engine's own timestamps of the same request (first to last token): a second
+    # 256-token prefill's noise does not enter it, as it does t_total - t_prefill
+    m = timed.metrics
+    decode_s = (m.last_token_ts - m.first_token_ts) if m is not None and m.last_token_ts > m.first_token_ts else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     profile = _profile_decode(timed, spec["profile"]) if spec["profile"] else None
     from vllm_gptoss import moe_ops  # the engine runs in this process: its kernel state is ours to read
@@ -205,7 +214,9 @@ def _vllm_worker(spec: dict) -> dict:
     return {"native_kernel": None if native is None else {"isa": native.isa, "path": str(native.path)},
             "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
             "prefill_tokens_per_s": spec["prompt_tokens"] / t_prefill,
-            "decode_tokens_per_s": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
+            "decode_s": decode_s,
+            "decode_tokens_per_s": spec["decode_tokens"] / (decode_s if decode_s else max(t_total - t_prefill, 1e-9)),
+            "decode_tokens_per_s_by_difference": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
             "peak_rss_bytes": rss, "profile": profile}
 
 
