@@ -138,7 +138,7 @@ def q16_build(cache_root):
     n = _load(cache_root / "native", "native")
     if n.isa != "avx2":
         if not X86:
-            pytest.skip("the q16 path is the AVX2 build's")
+            pytest.skip("the q16 path exists only in x86 AVX2 builds (-march=x86-64-v3); this CPU is not x86")
         n = _load(cache_root / "native", "x86-64-v3")
     assert n.isa == "avx2" and n.act_mode(torch.bfloat16) == native_cpu.MODE_Q16
     return n
