@@ -165,16 +165,22 @@ def test_tool_choice_named_and_required(server, client):
             assert res["finish_reason"] == finish, (choice, stream)
 
 
-def test_tool_choice_required_forces_a_call_the_model_would_not_make(server, client):
-    """A factual question the fixture answers without tools: `required` must still give a call."""
+@pytest.mark.parametrize("strict", [True, None], ids=["strict", "unset"])
+def test_tool_choice_required_forces_a_call_on_an_unrelated_question(server, client, strict):
+    """A factual question (not about weather): `required` must still give a get_weather call. Its
+    arguments follow the tool's schema when the tool is `strict: true`; vLLM 0.32 leaves a tool
+    without `strict` free in its arguments (any JSON; `--tool-strict-level parameter` pins them), and
+    the fixture then writes whatever it likes there (`32.42` was seen), so only the call is asserted."""
     ex = corpus.demo_example()[0]
-    q = {"messages": [{"role": "user", "content": corpus.SMOKE_QA[0][0]}], "tools": ex.tools}
-    auto = chat(server, client, q, stream=False, tool_choice="auto", max_tokens=96)
+    tools = [{**t, "function": {**t["function"], **({} if strict is None else {"strict": strict})}} for t in ex.tools]
+    q = {"messages": [{"role": "user", "content": corpus.SMOKE_QA[0][0]}], "tools": tools}
     forced = chat(server, client, q, stream=False, tool_choice="required", max_tokens=96)
     assert forced["tool_calls"], forced
     assert forced["tool_calls"][0][0] == "get_weather"
-    assert isinstance(json.loads(forced["tool_calls"][0][1])["city"], str)  # schema-constrained
-    assert auto != forced
+    assert forced["finish_reason"] == "tool_calls"
+    if strict:
+        args = json.loads(forced["tool_calls"][0][1])  # schema-constrained: an object with a string city
+        assert isinstance(args, dict) and isinstance(args["city"], str), args
 
 
 def test_json_schema_final_message_never_runs_into_harmony_markup(server, client):
