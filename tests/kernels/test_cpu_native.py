@@ -192,15 +192,24 @@ def test_no_biases(native):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T", [3, 40])  # 40 tokens on 3 experts: the bf16 tile-scratch path is tried too
-def test_extreme_scales(any_isa, dtype, T):
+@pytest.mark.parametrize("scale_zero", [True, False], ids=["with-0", "1-254"])
+def test_extreme_scales(any_isa, dtype, T, scale_zero):
     """E8M0 scales 0 (2^-127, subnormal), 1, 253 and 254 (2^127) on whole block columns of w13; the
     activations of those columns are scaled by the inverse so every product is O(1) and finite.
-    At 2^127 only E2M1 magnitudes <= 1.5 are used (2 * 2^127 overflows float32 in any kernel)."""
+    At 2^127 only E2M1 magnitudes <= 1.5 are used (2 * 2^127 overflows float32 in any kernel).
+    Without the 0 column every scale is in [1, 254]: the AVX512_BF16 build's few-token path (the
+    block scale applied after the sums, as a float 2^(s-127)) takes these rows; with it, the rows
+    take the exact fallback."""
     E, H, I, k = 3, 256, 64, 2
-    g = torch.Generator().manual_seed(11 + T)
+    g = torch.Generator().manual_seed(11 + T + 100 * scale_zero)
     p = _experts(E, H, I, g)
     x = torch.randn(T, H, generator=g)
-    for col, s, xs in ((1, 0, 2.0 ** 126), (3, 1, 2.0 ** 125), (5, 253, 2.0 ** -125), (6, 254, 2.0 ** -126)):
+    # the few-token path's range (2^-100 <= |x| < 2^64; beyond it rows take the exact fallback): its
+    # variant keeps every activation inside, so the products are far from O(1) (the 2^127 column's
+    # are ~2^27 and dominate the result)
+    cols = (((1, 0, 2.0 ** 126), (3, 1, 2.0 ** 125), (5, 253, 2.0 ** -125), (6, 254, 2.0 ** -126)) if scale_zero
+            else ((3, 1, 2.0 ** 60), (5, 253, 2.0 ** -110), (6, 254, 2.0 ** -100)))
+    for col, s, xs in cols:
         p["s13"][:, :, col] = s
         if s >= 253:
             blk = p["w13"][:, :, col * 16:(col + 1) * 16]
@@ -214,10 +223,25 @@ def test_extreme_scales(any_isa, dtype, T):
     err = _check(any_isa, x, w, ids, p, BOUNDS[dtype])
     # the extreme columns matter: dropping them changes the result far beyond the bound
     p2 = {n: t.clone() for n, t in p.items()}
-    p2["w13"][:, :, 16:32] = 0
+    heavy = 1 if scale_zero else 6  # a column whose products are O(1): scale 0, or 254
+    p2["w13"][:, :, heavy * 16:(heavy + 1) * 16] = 0
     want2 = gk.moe_reference(x, w, ids, p2["w13"], p2["s13"], p2["b13"], p2["w2"], p2["s2"], p2["b2"])
     want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
     assert ((want2.float() - want.float()).norm() / want.float().norm()).item() > 100 * max(err, 1e-6)
+
+
+@pytest.mark.parametrize("T,k", [(1, 4), (2, 4), (5, 1), (7, 4)])
+def test_few_tokens_any_block_count(native, T, k):
+    """Decode-sized calls (fewer than 8 tokens per expert) on rows of 10 and 7 blocks of 32: the
+    AVX512_BF16 build reads 4 blocks per load, so rows end in a partial group (2 and 3 blocks), and
+    the down projection's rows start at offsets that are not multiples of 64 bytes."""
+    E, H, I = 6, 320, 224
+    g = torch.Generator().manual_seed(500 + 10 * T + k)
+    p = _experts(E, H, I, g)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = (torch.randn(T, H, generator=g) * 4).to(dtype)
+        w, ids = _routing(T, E, k, g, drop=0.1)
+        _check(native, x, w, ids, p, BOUNDS[dtype])
 
 
 def test_deterministic_across_thread_counts(native):

@@ -343,6 +343,131 @@ void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
 #endif
 
 #if defined(GK_BF16)
+// ---------------------------------------------------------------- bf16, few tokens: nibble tables
+// The decode path (fewer than kScratchMin tokens of an expert). One 64-byte load takes 4 blocks of a
+// row (128 weights), 16 code bytes per 128-bit lane. In-lane byte tables (vpshufb) give the low and
+// the high byte of the *unscaled* bf16 E2M1 value of every nibble, and byte interleaves (vpunpck*bw)
+// join them into 4 registers of 32 bf16 weights: 2 shuffles per 32 weights, against the
+// widen + vpermw + per-block scale arithmetic of dot_bf16. Every product of an E2M1 value and a bf16
+// activation is exact in fp32, so each block's scale can be applied after its sums: vdpbf16ps leaves
+// a block's partial sums in its own 128-bit lane, so one FMA with a vector whose lane k holds
+// 2^(scale_k - 127) applies the 4 blocks' scales at once (exact: a power of two; scales 1..254 only,
+// where that float is normal; nib_scales_ok). Summing before scaling narrows the range of the
+// activations for which this is exact: a block's unscaled sum must not overflow (|x| < 2^64) and
+// no product may come near float's subnormal range, where vdpbf16ps flushes it (|x| >= 2^-100, or 0
+// / a bf16 subnormal, which vdpbf16ps reads as 0 on every path; AMD Zen 5 was seen to flush products
+// a binade above the subnormal range too); rows outside that take dot_bf16 (to_nib says which). The activations are permuted once per call to match the
+// weights' order (nib_pos); a row's last group may be partial (masked loads, zero activations).
+struct NibTables {
+  alignas(64) uint8_t lo[64], hi[64];  // low / high byte of bf16(E2M1[n]), the 16 entries in each lane
+  NibTables() {
+    for (int i = 0; i < 64; ++i) {
+      const uint16_t b = f32_to_bf16(kE2M1[i & 15]);
+      lo[i] = uint8_t(b & 0xff);
+      hi[i] = uint8_t(b >> 8);
+    }
+  }
+};
+const NibTables kNib;
+constexpr int64_t kNibGroup = 128;  // elements per 64-byte load (4 blocks)
+
+inline int64_t nib_len(int64_t n) { return (n + kNibGroup - 1) / kNibGroup * kNibGroup; }
+
+// Position of element c of a K-row (natural order) in the nibble layout: per group of 4 blocks,
+// 4 chunks of 32 words (the weights of unpacklo/unpackhi of the low nibbles, then of the high ones);
+// chunk word 8k + i belongs to block k of the group (lane k), code byte i (+8 for unpackhi).
+inline int64_t nib_pos(int64_t c) {
+  const int64_t b = c >> 5, w = c & 31, odd = w & 1, byte = w >> 1;
+  const int64_t chunk = odd * 2 + (byte >> 3);
+  return (b >> 2) * kNibGroup + chunk * 32 + (b & 3) * 8 + (byte & 7);
+}
+
+// dst (nib_len(n) bf16) = row x (n bf16, natural order) in the nibble layout, zero padded. Returns
+// whether every value is in dot_bf16_nib's exact range: 0, a subnormal, or 2^-100 <= |x| < 2^64.
+inline bool to_nib(const uint16_t* x, int64_t n, uint16_t* dst) {
+  std::memset(dst + n / kNibGroup * kNibGroup, 0, (nib_len(n) - n / kNibGroup * kNibGroup) * sizeof(uint16_t));
+  bool ok = true;
+  for (int64_t c = 0; c < n; ++c) {
+    const int exp = (x[c] >> 7) & 0xff;  // bf16 biased exponent (0: zero / subnormal)
+    ok &= exp == 0 || (exp >= 127 - 100 && exp < 127 + 64);
+    dst[nib_pos(c)] = x[c];
+  }
+  return ok;
+}
+
+// Every E8M0 scale of R rows x nb blocks in [1, 254] (2^(s-127) a normal float)?
+inline bool nib_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
+  uint8_t lo = 255, hi = 0;
+  for (int r = 0; r < R; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      lo = std::min(lo, s[r * lds + b]);
+      hi = std::max(hi, s[r * lds + b]);
+    }
+  return lo >= 1 && hi <= 254;
+}
+
+// As dot_bf16, activations xs[m] in the nibble layout (nib_len(K) values each).
+template <int R, int M>
+void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb,
+                  const uint16_t* const* xs, float* out) {
+  const __m512i tlo = _mm512_load_si512(kNib.lo), thi = _mm512_load_si512(kNib.hi);
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  // lane k of the broadcast scale dword -> byte 2 of each of its dwords (then << 7: the exponent)
+  const __m512i sc_idx = _mm512_set_epi32(0x80038080, 0x80038080, 0x80038080, 0x80038080,
+                                          0x80028080, 0x80028080, 0x80028080, 0x80028080,
+                                          0x80018080, 0x80018080, 0x80018080, 0x80018080,
+                                          0x80008080, 0x80008080, 0x80008080, 0x80008080);
+  __m512 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which)
+  auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes) __attribute__((always_inline)) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i c = _mm512_maskz_loadu_epi8(cmask, w + r * ldw + g * 64);
+      const __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
+      const __m512i lol = _mm512_shuffle_epi8(tlo, lo), loh = _mm512_shuffle_epi8(thi, lo);
+      const __m512i hil = _mm512_shuffle_epi8(tlo, hi), hih = _mm512_shuffle_epi8(thi, hi);
+      const __m512bh w0 = (__m512bh)_mm512_unpacklo_epi8(lol, loh), w1 = (__m512bh)_mm512_unpackhi_epi8(lol, loh);
+      const __m512bh w2 = (__m512bh)_mm512_unpacklo_epi8(hil, hih), w3 = (__m512bh)_mm512_unpackhi_epi8(hil, hih);
+      uint32_t sb;
+      if (sbytes == nullptr)
+        std::memcpy(&sb, s + r * lds + g * 4, 4);
+      else
+        sb = sbytes[r];
+      const __m512 sv = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_shuffle_epi8(_mm512_set1_epi32(int(sb)), sc_idx), 7));
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const uint16_t* x = xs[m] + g * kNibGroup;
+        __m512 t = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(x));
+        t = _mm512_dpbf16_ps(t, w1, (__m512bh)_mm512_loadu_si512(x + 32));
+        t = _mm512_dpbf16_ps(t, w2, (__m512bh)_mm512_loadu_si512(x + 64));
+        t = _mm512_dpbf16_ps(t, w3, (__m512bh)_mm512_loadu_si512(x + 96));
+        acc[r][m] = _mm512_fmadd_ps(t, sv, acc[r][m]);
+      }
+    }
+  };
+  const int64_t full = nb / 4, left = nb % 4;
+  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr);
+  if (left) {  // missing blocks: zero codes and activations, scale 1
+    uint32_t sbytes[R];
+    for (int r = 0; r < R; ++r) {
+      sbytes[r] = 0x7f7f7f7fu;
+      std::memcpy(&sbytes[r], s + r * lds + full * 4, size_t(left));
+    }
+    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) out[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
+}
+#endif
+
+#if defined(GK_BF16)
 // Many tokens per expert: dequantize the 32-row tile once into a per-thread bf16 scratch (natural
 // order, scale folded in; 32 x K x 2 bytes, L2-resident), then a plain bf16 register-blocked GEMM
 // over all of the expert's tokens. Returns false (nothing written) if a scale of the tile is outside
@@ -398,10 +523,37 @@ void gemm_bf16_rows(const uint16_t* wt, int64_t nb, const uint16_t* const* xs, i
 
 enum Mode { kF32 = 0, kBf16 = 1, kQ16 = 2 };  // act_mode of gptoss_cpu_moe
 
+inline bool all_rows(const void* const* rows, int M) {
+  for (int m = 0; m < M; ++m)
+    if (rows[m] == nullptr) return false;
+  return true;
+}
+
+// Length of a row of n values in the nibble layout (0 where the build or the mode has none), and the
+// conversion into it.
+inline int64_t nib_len_or_0(int64_t n, bool bf16) {
+#if defined(GK_BF16)
+  return bf16 ? nib_len(n) : 0;
+#else
+  (void)n, (void)bf16;
+  return 0;
+#endif
+}
+inline bool to_nib_or_false(const uint16_t* x, int64_t n, uint16_t* dst) {
+#if defined(GK_BF16)
+  return to_nib(x, n, dst);
+#else
+  (void)x, (void)n, (void)dst;
+  return false;
+#endif
+}
+
 // Runtime M -> template; R = 4 rows for up to 4 tokens, 2 rows above (register budget: R*M <= 16
 // accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8).
+// xn: the same activation rows in the nibble layout for dot_bf16_nib (bf16 mode; a null row: that
+// group of rows takes dot_bf16).
 inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const void* const* xs,
-                     int M, float* out /* [kTile][M] for the tile's rows */, Mode mode) {
+                     const void* const* xn, int M, float* out /* [kTile][M] for the tile's rows */, Mode mode) {
 #define GK_CASE(MM, RR, RQ)                                                                      \
   case MM:                                                                                       \
     if (mode == kQ16) {                                                                          \
@@ -415,8 +567,15 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
     }                                                                                            \
     break;
 #if defined(GK_BF16)
-#define GK_BF16_CALL(RR, MM) \
-  dot_bf16<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const uint16_t* const*)xs, out + r0 * MM);
+#define GK_BF16_CALL(RR, MM)                                                                        \
+  {                                                                                                 \
+    if (all_rows(xn, MM) && nib_scales_ok(s + r0 * lds, lds, RR, nb))                               \
+      dot_bf16_nib<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const uint16_t* const*)xn,   \
+                           out + r0 * MM);                                                          \
+    else                                                                                            \
+      dot_bf16<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const uint16_t* const*)xs,       \
+                       out + r0 * MM);                                                              \
+  }
 #else
 #define GK_BF16_CALL(RR, MM) {}
 #endif
@@ -459,12 +618,14 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 constexpr int64_t kScratchMin = GK_SCRATCH_MIN;  // tokens of one expert from which the bf16 scratch tile pays off
 
 // The tile's 32 rows against every slot jb..je of one expert: emit(j0, M, h) per group of up to
-// kMaxM slots, h[r * M + m] = row r . activation of slot j0 + m.
-template <typename XPtr, typename Emit>
+// kMaxM slots, h[r * M + m] = row r . activation of slot j0 + m. xptr(j): slot j's activation row in
+// the mode's layout; nptr(j): the same row in the nibble layout (bf16 mode; else unused).
+template <typename XPtr, typename NPtr, typename Emit>
 void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb, Mode mode, int64_t jb,
-                     int64_t je, const XPtr& xptr, const Emit& emit) {
+                     int64_t je, const XPtr& xptr, const NPtr& nptr, const Emit& emit) {
   float h[kTile * kMaxM];
   const void* xs[kMaxM];
+  const void* xn[kMaxM];
 #if defined(GK_BF16)
   if (mode == kBf16 && je - jb >= kScratchMin) {
     thread_local std::vector<uint16_t> scratch;
@@ -483,8 +644,8 @@ void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb
   const int maxm = mode == kF32 ? 4 : kMaxM;  // fp32 keeps 2 registers of activations per token
   for (int64_t j0 = jb; j0 < je; j0 += maxm) {
     const int M = (int)std::min<int64_t>(maxm, je - j0);
-    for (int m = 0; m < M; ++m) xs[m] = xptr(j0 + m);
-    dot_rows(w, s, ldw, nb, nb, xs, M, h, mode);
+    for (int m = 0; m < M; ++m) xs[m] = xptr(j0 + m), xn[m] = nptr(j0 + m);
+    dot_rows(w, s, ldw, nb, nb, xs, xn, M, h, mode);
     emit(j0, M, h);
   }
 }
@@ -561,6 +722,21 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     xq.resize(T, H);
     run_items(T, [&](int64_t t) { xq.quantize(t, xperm.data() + t * H); });
   }
+  // bf16: the rows that meet an expert with fewer than kScratchMin tokens (the in-register path)
+  // again in the nibble layout of dot_bf16_nib, where their values allow it (xnib_ok / anib_ok)
+  auto in_small_expert = [&](int64_t slot) {
+    const int32_t e = topk_ids[slot];
+    return e >= 0 && off[e + 1] - off[e] < kScratchMin;
+  };
+  const int64_t Hn = nib_len_or_0(H, bf16), In = nib_len_or_0(I, bf16);
+  std::vector<uint16_t> xnib((size_t)T * Hn), anib((size_t)S * In);
+  std::vector<uint8_t> xnib_ok(T, 0), anib_ok(S, 0);
+  if (bf16)
+    run_items(T, [&](int64_t t) {
+      bool need = false;
+      for (int64_t j = 0; j < K; ++j) need |= in_small_expert(t * K + j);
+      if (need) xnib_ok[t] = to_nib_or_false((const uint16_t*)x_ + t * H, H, xnib.data() + t * Hn);
+    });
   std::vector<char> act((size_t)S * I * esz);       // SwiGLU output per slot, mode layout
   std::vector<float> ybuf((size_t)S * H);           // weighted expert output per slot
   // ---- work items: (expert, 32-row tile)
@@ -578,7 +754,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     auto xptr = [&](int64_t j) -> const void* {
       return q16 ? (const void*)&xq.rows[slots[j] / K] : xa + (slots[j] / K) * H * esz;
     };
-    tile_all_tokens(w, s, H / 2, H / kBlock, mode, off[e], off[e + 1], xptr, [&](int64_t j0, int M, const float* h) {
+    auto nptr = [&](int64_t j) -> const void* {
+      return in_small_expert(slots[j]) && xnib_ok[slots[j] / K] ? xnib.data() + (slots[j] / K) * Hn : nullptr;
+    };
+    tile_all_tokens(w, s, H / 2, H / kBlock, mode, off[e], off[e + 1], xptr, nptr, [&](int64_t j0, int M, const float* h) {
       for (int m = 0; m < M; ++m) {
         char* arow = act.data() + (size_t)slots[j0 + m] * I * esz;
         for (int p = 0; p < kTile / 2; ++p) {
@@ -599,6 +778,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       }
     });
   });
+  if (bf16)
+    run_items(S, [&](int64_t j) {
+      if (in_small_expert(j)) anib_ok[j] = to_nib_or_false((const uint16_t*)act.data() + j * I, I, anib.data() + j * In);
+    });
   if (q16) {  // the SwiGLU output of each routed slot, quantized as the input was
     aq.resize(S, I);
     run_items(S, [&](int64_t j) {
@@ -613,7 +796,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     auto aptr = [&](int64_t j) -> const void* {
       return q16 ? (const void*)&aq.rows[slots[j]] : act.data() + (size_t)slots[j] * I * esz;
     };
-    tile_all_tokens(w, s, I / 2, I / kBlock, mode, off[e], off[e + 1], aptr, [&](int64_t j0, int M, const float* y) {
+    auto nptr = [&](int64_t j) -> const void* {
+      return in_small_expert(slots[j]) && anib_ok[slots[j]] ? anib.data() + slots[j] * In : nullptr;
+    };
+    tile_all_tokens(w, s, I / 2, I / kBlock, mode, off[e], off[e + 1], aptr, nptr, [&](int64_t j0, int M, const float* y) {
       for (int m = 0; m < M; ++m) {
         const int64_t slot = slots[j0 + m];
         const float rw = topk_w[slot];
