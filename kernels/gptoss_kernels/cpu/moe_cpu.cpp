@@ -2,9 +2,12 @@
 //
 // Built per machine with -march=native (gptoss_kernels/cpu/__init__.py); the code paths below are
 // chosen at compile time from the compiler's ISA macros:
-//   AVX-512 (F+BW) + AVX512_BF16   bf16 activations: E2M1 codes -> bf16 through a 32-entry word
-//                                  table (vpermw) whose exponents already carry the block's E8M0
-//                                  scale, then vdpbf16ps (products exact, fp32 sums)
+//   AVX-512 (F+BW) + AVX512_BF16   bf16 activations, products exact, fp32 sums (vdpbf16ps). Few
+//                                  tokens per expert (decode): 4 blocks per 64-byte load, unscaled
+//                                  E2M1 -> bf16 by in-lane byte tables, block scales applied after
+//                                  the sums (dot_bf16_nib); elsewhere codes -> bf16 through a word
+//                                  table (vpermw) whose exponents carry the block's E8M0 scale
+//                                  (dot_bf16), or a dequantized bf16 tile for 8+ tokens
 //   AVX-512 (F+BW)                 fp32 activations: codes -> fp32 through a 16-entry table
 //                                  (vpermps) pre-multiplied by the scale, fp32 FMA
 //   AVX2 + FMA                     fp32 activations: 8 magnitudes by vpermps + sign bit by xor;
