@@ -409,11 +409,15 @@ inline bool nib_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
   return lo >= 1 && hi <= 254;
 }
 
-// Each row's line kNibPrefetchAhead groups further on is prefetched: the R interleaved row streams
-// are not followed far enough ahead by the hardware prefetcher of the AVX-512 CPU measured (AMD Zen 5:
-// one MoE layer at one token from DRAM, 2 threads, 24.3 -> 27.6 GB/s with 8 groups = 512 bytes
-// ahead; 4 and 16 gave 27.3 / 27.7). A prefetch past a row or the tensor is harmless (no fault).
-constexpr int kNibPrefetchAhead = 8;
+// Prefetch: the R rows of a register block are adjacent in memory, and so are the blocks that
+// follow (the rest of the tile, then the expert's next tile), so while a block runs, the block
+// kNibPrefetchBlocks further on is prefetched, one cache line per row and group (R x groups lines
+// cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPU measured does not run that
+// far ahead of the R interleaved row streams (AMD Zen 5, one MoE layer at one token from DRAM, 2
+// threads: 26 GB/s without software prefetch, 28 with each row's line 8 groups ahead, 31-34 with
+// the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). A prefetch past the
+// tensor is harmless (no fault).
+constexpr int kNibPrefetchBlocks = 4;
 
 // As dot_bf16, activations xs[m] in the nibble layout (nib_len(K) values each).
 template <int R, int M>
@@ -435,7 +439,7 @@ void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, 
   auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes) __attribute__((always_inline)) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch((const char*)(w + r * ldw + (g + kNibPrefetchAhead) * 64), _MM_HINT_T0);
+      _mm_prefetch((const char*)(w + kNibPrefetchBlocks * R * ldw + (g * R + r) * 64), _MM_HINT_T0);
       const __m512i c = _mm512_maskz_loadu_epi8(cmask, w + r * ldw + g * 64);
       const __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
       const __m512i lol = _mm512_shuffle_epi8(tlo, lo), loh = _mm512_shuffle_epi8(thi, lo);
