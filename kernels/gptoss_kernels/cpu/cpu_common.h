@@ -55,4 +55,15 @@ void run_items(int64_t n, const F& f) {
   }
 }
 
+// As run_items, the items taken in runs of `chunk` consecutive ones (the last run may be shorter):
+// for items whose data lie one after another in memory, so that each thread streams a contiguous
+// stretch and what its prefetches fetch ahead is what it reads next.
+template <typename F>
+void run_item_runs(int64_t n, int64_t chunk, const F& f) {
+  const int64_t runs = (n + chunk - 1) / chunk;
+  run_items(runs, [&](int64_t c) {
+    for (int64_t i = c * chunk, e = std::min(n, (c + 1) * chunk); i < e; ++i) f(i);
+  });
+}
+
 }  // namespace gk

@@ -58,6 +58,7 @@ namespace {
 constexpr int kBlock = 32;   // elements per E8M0 scale
 constexpr int kTile = 32;    // rows per work item (gate_up: 16 gate/up pairs)
 constexpr int kMaxM = 8;     // tokens per register block
+constexpr int64_t kItemRun = 16;  // consecutive work items a thread takes at a time (see the work items)
 
 const float kE2M1[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
                          -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
@@ -71,6 +72,7 @@ struct ScaleTable {
 const ScaleTable kScale;
 
 using gk::f32_to_bf16;
+using gk::run_item_runs;
 using gk::run_items;
 #if defined(__AVX2__)
 using gk::hsum256;
@@ -762,7 +764,12 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     });
   std::vector<char> act((size_t)S * I * esz);       // SwiGLU output per slot, mode layout
   std::vector<float> ybuf((size_t)S * H);           // weighted expert output per slot
-  // ---- work items: (expert, 32-row tile)
+  // ---- work items: (expert, 32-row tile), taken by the threads in runs of kItemRun: the tiles of an
+  // expert are adjacent in memory, and a thread that streams a run of them reads next what its
+  // prefetches fetched (4 register blocks ahead, across tile ends). Tiles taken alternately by 2
+  // threads made each core prefetch the other's next tile into its own L2 (on AMD Zen the L3 is a
+  // victim cache): 2 threads then ran one-token layers slower than 1 thread (Zen 5, from DRAM: 31 ->
+  // 57-61 GB/s with runs of 16-64; BENCHMARKS.md).
   std::vector<std::pair<int32_t, int32_t>> items1, items2;
   for (int64_t e = 0; e < E; ++e) {
     if (off[e + 1] == off[e]) continue;
@@ -770,7 +777,7 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     for (int64_t n = 0; n < H; n += kTile) items2.emplace_back(int32_t(e), int32_t(n));
   }
   // gate_up + bias + clamped SwiGLU
-  run_items((int64_t)items1.size(), [&](int64_t it) {
+  run_item_runs((int64_t)items1.size(), kItemRun, [&](int64_t it) {
     const int64_t e = items1[it].first, n0 = items1[it].second;
     const uint8_t* w = w13 + (e * N1 + n0) * (H / 2);
     const uint8_t* s = s13 + (e * N1 + n0) * (H / kBlock);
@@ -812,7 +819,7 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     });
   }
   // down + bias, times the routing weight
-  run_items((int64_t)items2.size(), [&](int64_t it) {
+  run_item_runs((int64_t)items2.size(), kItemRun, [&](int64_t it) {
     const int64_t e = items2[it].first, n0 = items2[it].second;
     const uint8_t* w = w2 + (e * H + n0) * (I / 2);
     const uint8_t* s = s2 + (e * H + n0) * (I / kBlock);
