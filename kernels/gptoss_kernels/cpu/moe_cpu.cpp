@@ -378,8 +378,9 @@ void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
 // activations for which this is exact: a block's unscaled sum must not overflow (|x| < 2^64) and
 // no product may come near float's subnormal range, where vdpbf16ps flushes it (|x| >= 2^-100, or 0
 // / a bf16 subnormal, which vdpbf16ps reads as 0 on every path; AMD Zen 5 was seen to flush products
-// a binade above the subnormal range too); rows outside that take dot_bf16 (to_nib says which). The activations are permuted once per call to match the
-// weights' order (nib_pos); a row's last group may be partial (masked loads, zero activations).
+// a binade above the subnormal range too); rows outside that take dot_bf16 (to_nib says which).
+// The activations are permuted once per call to match the weights' order (nib_pos); a row's last
+// group may be partial (masked loads, zero activations).
 struct NibTables {
   alignas(64) uint8_t lo[64], hi[64];  // low / high byte of bf16(E2M1[n]), the 16 entries in each lane
   NibTables() {
