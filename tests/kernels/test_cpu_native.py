@@ -230,6 +230,33 @@ def test_extreme_scales(any_isa, dtype, T, scale_zero):
     assert ((want2.float() - want.float()).norm() / want.float().norm()).item() > 100 * max(err, 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extreme_scales_in_long_rows(any_isa, dtype):
+    """Rows of 33 blocks (H = 1056), where the scale-range checks compare 32 or 64 scales at a time
+    and a row's last compare overlaps or masks the one before: an extreme scale in the last block
+    (0: subnormal weights) or the one before it (253) must still send its rows to the exact path.
+    (With such activations on rows of ordinary scales the AVX2 build's q16 path is off by ~3e-2,
+    before and after its check was vectorized: the int16 step of a 2^-125 block underflows.)"""
+    E, H, I, k, T = 3, 1056, 64, 2, 5
+    g = torch.Generator().manual_seed(33)
+    p = _experts(E, H, I, g)
+    x = torch.randn(T, H, generator=g)
+    for col, s, xs in ((32, 0, 2.0 ** 126), (31, 253, 2.0 ** -125)):
+        p["s13"][:, :, col] = s  # whole block columns, as test_extreme_scales: every product stays O(1)
+        if s >= 253:
+            p["w13"][:, :, col * 16:(col + 1) * 16] &= 0xBB  # |v| <= 1.5: no overflow at 2^126
+        x[:, col * 32:(col + 1) * 32] = (1 + torch.rand(T, 32, generator=g)) * xs
+    x = x.to(dtype)
+    w, ids = _routing(T, E, k, g, drop=0.0)
+    err = _check(any_isa, x, w, ids, p, BOUNDS[dtype])
+    p2 = {n: t.clone() for n, t in p.items()}
+    p2["w13"][:, :, 32 * 16:33 * 16] = 0  # without the scale-0 block the result moves far beyond the bound
+    want2 = gk.moe_reference(x, w, ids, p2["w13"], p2["s13"], p2["b13"], p2["w2"], p2["s2"], p2["b2"])
+    want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
+    assert ((want2.float() - want.float()).norm() / want.float().norm()).item() > 10 * BOUNDS[dtype]
+    assert err <= BOUNDS[dtype]
+
+
 @pytest.mark.parametrize("T,k", [(1, 4), (2, 4), (5, 1), (7, 4)])
 def test_few_tokens_any_block_count(native, T, k):
     """Decode-sized calls (fewer than 8 tokens per expert) on rows of 10 and 7 blocks of 32: the
