@@ -279,39 +279,13 @@ struct Q16Buffer {
   }
 };
 
-// Whether every E8M0 scale of R rows x nb blocks is in [2, 252], where the q16 step is exact
-// (outside it, the weights are subnormal or near float32's limit: dot_f32 handles them exactly).
-// Asked once per register block: 32 scales per compare (the scalar loop cost 16-18% of a one-token
-// layer, AVX2 build, measured on the Zen 5 machine of BENCHMARKS.md).
-inline bool q16_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
-#if defined(__AVX2__)
-  if (nb >= 32) {
-    const __m256i lo = _mm256_set1_epi8(2), hi = _mm256_set1_epi8(char(252));
-    __m256i ok = _mm256_set1_epi8(-1);
-    for (int r = 0; r < R; ++r)
-      for (int64_t b = 0; b < nb; b += 32) {
-        // the last load of a row overlaps the one before it: the whole row, nothing past it
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(s + r * lds + std::min(b, nb - 32)));
-        ok = _mm256_and_si256(ok, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(v, lo), v),
-                                                   _mm256_cmpeq_epi8(_mm256_min_epu8(v, hi), v)));
-      }
-    return _mm256_movemask_epi8(ok) == -1;
-  }
-#endif
-  uint8_t lo = 255, hi = 0;  // rows of fewer than 32 blocks (or no AVX2): min / max
-  for (int r = 0; r < R; ++r)
-    for (int64_t b = 0; b < nb; ++b) {
-      lo = std::min(lo, s[r * lds + b]);
-      hi = std::max(hi, s[r * lds + b]);
-    }
-  return lo >= 2 && hi <= 252;
-}
-
-#if defined(GK_AVX512)
 // Whether every E8M0 scale of R rows x nb blocks is in [lo, hi]. Asked once per register block or
-// tile, so it must cost little beside their dot products: 64 scales per compare (a scalar min/max
-// loop here cost a third of the time of a one-token MoE layer with the experts in L3).
+// tile, so it must cost little beside their dot products: 64 (AVX-512) or 32 (AVX2) scales per
+// compare. A scalar min/max loop here cost a third of a one-token MoE layer with the experts in L3
+// (AVX-512 build) and 16-18% of it with the experts in DRAM (AVX2 build; both measured on the Zen 5
+// machine of BENCHMARKS.md).
 inline bool scales_in_range(const uint8_t* s, int64_t lds, int R, int64_t nb, uint8_t lo, uint8_t hi) {
+#if defined(GK_AVX512)
   const __m512i vlo = _mm512_set1_epi8(char(lo)), vhi = _mm512_set1_epi8(char(hi));
   __mmask64 bad = 0;
   for (int r = 0; r < R; ++r)
@@ -321,8 +295,36 @@ inline bool scales_in_range(const uint8_t* s, int64_t lds, int R, int64_t nb, ui
       bad |= _mm512_mask_cmplt_epu8_mask(m, v, vlo) | _mm512_mask_cmpgt_epu8_mask(m, v, vhi);
     }
   return bad == 0;
-}
+#else
+#if defined(__AVX2__)
+  if (nb >= 32) {
+    const __m256i vlo = _mm256_set1_epi8(char(lo)), vhi = _mm256_set1_epi8(char(hi));
+    __m256i ok = _mm256_set1_epi8(-1);
+    for (int r = 0; r < R; ++r)
+      for (int64_t b = 0; b < nb; b += 32) {
+        // the last load of a row overlaps the one before it: the whole row, nothing past it
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(s + r * lds + std::min(b, nb - 32)));
+        ok = _mm256_and_si256(ok, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(v, vlo), v),
+                                                   _mm256_cmpeq_epi8(_mm256_min_epu8(v, vhi), v)));
+      }
+    return _mm256_movemask_epi8(ok) == -1;
+  }
 #endif
+  uint8_t mn = 255, mx = 0;  // rows of fewer than 32 blocks, or no AVX2
+  for (int r = 0; r < R; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      mn = std::min(mn, s[r * lds + b]);
+      mx = std::max(mx, s[r * lds + b]);
+    }
+  return mn >= lo && mx <= hi;
+#endif
+}
+
+// Whether every scale of R rows x nb blocks is in [2, 252], where the q16 step is exact (outside
+// it, the weights are subnormal or near float32's limit: dot_f32 handles them exactly).
+inline bool q16_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
+  return scales_in_range(s, lds, R, nb, 2, 252);
+}
 
 #if defined(GK_BF16)
 // bf16 of E2M1 code (i & 15) for i in 0..31: vpermw indexes with the low 5 bits, so bit 4 (the
