@@ -23,6 +23,9 @@ itself). One warm-up request, then
            which dominates when the prefill takes longer than the decode (AVX2 machines).
            llama.cpp's decode is timed around its D eval calls alone.
 Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
+Bandwidth: benchmarks/cpu_moe.py's probe (best of 5 torch sums over 1 GiB, the run's threads) right
+before each variant, as `bandwidth_gbs_before`: on a VM whose bandwidth drifts, read each variant's
+speed beside it.
 Variants: `native` (the plugin with its native CPU MoE kernel, the default), `torch` (the plugin with
 VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `stock` (VLLM_GPTOSS_DISABLE=1: vLLM's
 own class and MXFP4 method, which runs only on CPUs with AMX), `llamacpp` (llama-cpp-python on a GGUF
@@ -281,6 +284,11 @@ def _run_variant(variant: str, args) -> dict:
     if variant == "stock":  # vLLM's own gpt-oss class and MXFP4 method (needs AMX on the CPU)
         env["VLLM_GPTOSS_DISABLE"] = "1"
     python = str(args.llamacpp_venv / "bin" / "python") if variant == "llamacpp" else sys.executable
+    from cpu_moe import measure_bandwidth  # beside this file
+
+    # the host's bandwidth drifts (BENCHMARKS.md: 48-81 GB/s within minutes on one VM): probed right
+    # before each variant, so that a ratio between variants can be read against it
+    bandwidth = measure_bandwidth(args.threads)
     load_before = os.getloadavg()[0]
     proc = subprocess.run([python, os.path.abspath(__file__), "_worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -288,7 +296,8 @@ def _run_variant(variant: str, args) -> dict:
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"variant {variant} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}")
     r = json.loads(lines[-1][len("RESULT "):])
-    r.update(variant=variant, load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0])
+    r.update(variant=variant, load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
+             bandwidth_gbs_before=bandwidth)
     if variant != "llamacpp" and (r["native_kernel"] is not None) != (variant == "native"):
         raise SystemExit(f"variant {variant}: the native kernel was {'not ' if variant == 'native' else ''}"
                          f"loaded in the engine; stderr:\n{proc.stderr[-4000:]}")
@@ -353,9 +362,11 @@ def main() -> int:
             p.error("--variants llamacpp needs --gguf and --llamacpp-venv (both made by the `llamacpp` command)")
         res = _run_variant(variant, args)
         results.append(res)
+        bandwidth = res["bandwidth_gbs_before"]
         print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
               f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
-              f"(load avg {res['load_avg_1min_before']:.1f} -> {res['load_avg_1min_after']:.1f})", flush=True)
+              f"(bandwidth before {bandwidth:.1f} GB/s, load avg {res['load_avg_1min_before']:.1f} -> "
+              f"{res['load_avg_1min_after']:.1f})", flush=True)
         if res.get("profile"):
             prof = res["profile"]
             print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
