@@ -23,6 +23,8 @@ itself). One warm-up request, then
            which dominates when the prefill takes longer than the decode (AVX2 machines).
            llama.cpp's decode is timed around its D eval calls alone.
 Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
+`--repeat N` runs the variant list N times in turn and summarizes medians and, per cycle, each vLLM
+variant's speed over llama.cpp's in the same cycle (minutes apart, so in much the same host state).
 Bandwidth: benchmarks/cpu_moe.py's probe (best of 5 torch sums over 1 GiB, the run's threads) right
 before each variant, as `bandwidth_gbs_before`: on a VM whose bandwidth drifts, read each variant's
 speed beside it.
@@ -304,6 +306,33 @@ def _run_variant(variant: str, args) -> dict:
     return r
 
 
+def summarize(results: list[dict]) -> dict:
+    """Medians per variant and, per cycle, each vLLM variant's speed over llama.cpp's of that cycle."""
+    import statistics
+
+    by_variant: dict[str, list[dict]] = {}
+    for r in results:
+        by_variant.setdefault(r["variant"], []).append(r)
+    out: dict = {"medians": {v: {"runs": len(rs), **{k: statistics.median(r[k] for r in rs)
+                                                   for k in ("decode_tokens_per_s", "prefill_tokens_per_s")}}
+                             for v, rs in by_variant.items()}}
+    lc = {r["cycle"]: r for r in by_variant.get("llamacpp", [])}
+    ratios = {}
+    for v, rs in by_variant.items():
+        pairs = [(r, lc[r["cycle"]]) for r in rs if v != "llamacpp" and r["cycle"] in lc]
+        if not pairs:
+            continue
+        dec = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in pairs]
+        pre = [a["prefill_tokens_per_s"] / b["prefill_tokens_per_s"] for a, b in pairs]
+        ratios[v] = {"cycles": len(pairs),
+                     "decode": {"median": statistics.median(dec), "min": min(dec), "max": max(dec),
+                                "cycles_ahead": sum(d >= 1 for d in dec), "each": dec},
+                     "prefill": {"median": statistics.median(pre), "min": min(pre), "max": max(pre), "each": pre}}
+    if ratios:
+        out["ratio_to_llamacpp"] = ratios
+    return out
+
+
 def machine_info() -> dict:
     cpu = platform.processor()
     try:
@@ -344,6 +373,10 @@ def main() -> int:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--kv-cache-gib", type=int, default=1)
     r.add_argument("--enforce-eager", action="store_true", help="no torch.compile (vLLM-CPU compiles by default)")
+    r.add_argument("--repeat", type=int, default=1,
+                   help="run the variant list this many times in turn (A B A B ...): the summary gives "
+                        "medians per variant and each cycle's ratios to llama.cpp, for hosts whose "
+                        "bandwidth drifts")
     r.add_argument("--timeout", type=float, default=7200)
     r.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile STEPS decode steps by op (torch.profiler; with --enforce-eager for op names)")
@@ -357,27 +390,38 @@ def main() -> int:
     if not (args.model / "config.json").exists():
         p.error(f"--model: no config.json in {args.model}")
     results = []
-    for variant in args.variants:
-        if variant == "llamacpp" and not (args.gguf and args.llamacpp_venv):
-            p.error("--variants llamacpp needs --gguf and --llamacpp-venv (both made by the `llamacpp` command)")
-        res = _run_variant(variant, args)
-        results.append(res)
-        bandwidth = res["bandwidth_gbs_before"]
-        print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
-              f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
-              f"(bandwidth before {bandwidth:.1f} GB/s, load avg {res['load_avg_1min_before']:.1f} -> "
-              f"{res['load_avg_1min_after']:.1f})", flush=True)
-        if res.get("profile"):
-            prof = res["profile"]
-            print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
-            for k, v in list(prof["self_cpu_ms_per_step"].items())[:20]:
-                print(f"      {v:9.2f}  {k}")
+    for cycle in range(args.repeat):
+        for variant in args.variants:
+            if variant == "llamacpp" and not (args.gguf and args.llamacpp_venv):
+                p.error("--variants llamacpp needs --gguf and --llamacpp-venv (both made by the `llamacpp` command)")
+            res = _run_variant(variant, args)
+            res["cycle"] = cycle
+            results.append(res)
+            bandwidth = res["bandwidth_gbs_before"]
+            print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
+                  f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
+                  f"(bandwidth before {bandwidth:.1f} GB/s, load avg {res['load_avg_1min_before']:.1f} -> "
+                  f"{res['load_avg_1min_after']:.1f})", flush=True)
+            if res.get("profile"):
+                prof = res["profile"]
+                print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
+                for k, v in list(prof["self_cpu_ms_per_step"].items())[:20]:
+                    print(f"      {v:9.2f}  {k}")
+    summary = summarize(results) if args.repeat > 1 else None
+    if summary:
+        for variant, v in summary["medians"].items():
+            print(f"  median over {v['runs']} runs: {variant:<8} prefill {v['prefill_tokens_per_s']:8.2f} tok/s   "
+                  f"decode {v['decode_tokens_per_s']:8.2f} tok/s")
+        for variant, v in summary.get("ratio_to_llamacpp", {}).items():
+            print(f"  {variant} / llamacpp, same cycle: decode median {v['decode']['median']:.2f}x "
+                  f"(min {v['decode']['min']:.2f}, max {v['decode']['max']:.2f}, ahead in {v['decode']['cycles_ahead']} "
+                  f"of {v['cycles']}), prefill median {v['prefill']['median']:.2f}x")
     doc = {"benchmark": "cpu_model", "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join([os.path.relpath(sys.executable)] + sys.argv), "machine": machine_info(),
            "model_config": json.loads((args.model / "config.json").read_text()),
-           "config": {k: getattr(args, k) for k in ("variants", "prompt_tokens", "decode_tokens", "threads",
-                                                    "kv_cache_gib", "enforce_eager")},
-           "results": results}
+           "config": {k: getattr(args, k) for k in ("variants", "repeat", "prompt_tokens", "decode_tokens",
+                                                    "threads", "kv_cache_gib", "enforce_eager")},
+           "results": results, "summary": summary}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
     print(f"wrote {args.out}")
