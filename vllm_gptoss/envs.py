@@ -14,6 +14,7 @@ STRICT_VLLM_VERSION = "VLLM_GPTOSS_STRICT_VLLM_VERSION"
 TRITON_MOE = "VLLM_GPTOSS_TRITON_MOE"
 CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
+LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
 THINKING_BUDGET = "VLLM_GPTOSS_THINKING_BUDGET"
 MAX_N = "VLLM_GPTOSS_MAX_N"
@@ -27,6 +28,8 @@ ENV_VARS = {
     TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
     CPU_NATIVE: "0: no native (C++) CPU kernels: the torch MXFP4 MoE path, and vLLM's own GEMMs for the bf16 layers",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
+    LEGACY_TOOL_CALL_HEADERS: "1: render past tool calls in prompts with vLLM's legacy header "
+                              "(`assistant to=functions.f<|channel|>commentary json`) instead of harmony's",
     REASONING_EFFORT: "low|medium|high: server-wide default reasoning effort for gpt-oss",
     THINKING_BUDGET: "N: server-wide default thinking_token_budget (analysis tokens per turn) for gpt-oss",
     MAX_N: "largest `n` (choices per chat request) the harmony server accepts (default 16)",

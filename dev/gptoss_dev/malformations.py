@@ -66,11 +66,11 @@ MALFORMATIONS: tuple[Malformation, ...] = (
         kind="doubled_start",
         trigger="Drill doubled start: what is the capital of France?",
         completion=(
-            "<|channel|>analysis<|message|>The user asks for the capital of France.<|end|>"
+            "<|channel|>analysis<|message|>Doubled start drill: the capital of France.<|end|>"
             "<|start|><|start|>assistant<|channel|>final<|message|>The capital of France is Paris."
             "<|return|>"
         ),
-        reasoning="The user asks for the capital of France.",
+        reasoning="Doubled start drill: the capital of France.",
         content="The capital of France is Paris.",
         tool_calls=(),
         offers_tools=False,

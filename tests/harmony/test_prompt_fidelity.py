@@ -4,8 +4,8 @@ Ground truth: oss-harmony's own renderer (`render_conversation_for_completion`) 
 built here by hand from `Message` objects, the way OpenAI's harmony documentation writes it
 (system message with the date and effort; instructions and `namespace functions` tools in the
 developer message; per assistant turn: analysis, then a commentary preamble, then one
-`commentary to=functions.NAME <|constrain|>json` call per tool call (its header then rewritten by
-vLLM's legacy rewrite, the one departure kept: see rendering.py); tool results authored by
+`commentary to=functions.NAME <|constrain|>json` call per tool call (vLLM's legacy rewrite of that
+header applies only under VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS=1: rendering.py); tool results authored by
 `functions.NAME` to the assistant; past analysis dropped once a final answer followed it, kept
 inside a tool loop still running). Compared token id for token id with the prompt vLLM actually
 used: `return_token_ids` for chat completions, the engine's request log (`--enable-log-requests`,
@@ -19,7 +19,9 @@ differently; that is asserted too, so the README table's claims are checked.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,8 +119,8 @@ def result(name: str, text: str) -> Message:
 
 def render(messages: list[Message]) -> list[int]:
     ids = ENC.render_conversation_for_completion(Conversation.from_messages(messages), Role.ASSISTANT)
-    # One departure kept on purpose (rendering.py, point 2): past tool-call headers in vLLM's
-    # legacy form, rewritten by vLLM's own function.
+    # Only with VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS=1 (rendering.py, point 2): past tool-call
+    # headers in vLLM's legacy form, rewritten by vLLM's own function.
     from vllm.entrypoints.openai.parser import harmony_utils
 
     from vllm_gptoss.harmony import rendering
@@ -179,7 +181,7 @@ CHAT_CASES = [
           "tools": CHAT_TOOLS},
          [system(), developer(tools=True), user("Weather in Oslo?"), analysis("Need weather."),
           call("get_weather", OSLO), result("get_weather", '{"temp": 3}')],
-         False),  # vLLM already renames reasoning_content
+         True),  # vLLM renames reasoning_content; differs by the past call's header
     Case("parallel_tool_calls",
          {"messages": [{"role": "user", "content": "Weather in Oslo and Lima, and the time?"},
                        {"role": "assistant", "content": "", "reasoning": "Three lookups.",
@@ -194,7 +196,7 @@ CHAT_CASES = [
           analysis("Three lookups."), call("get_weather", OSLO), call("get_weather", LIMA),
           call("get_time", UTC), result("get_weather", "3C"), result("get_weather", "19C"),
           result("get_time", "12:00")],
-         False),
+         True),  # the past calls' headers
     Case("past_reasoning_dropped_after_final",
          {"messages": [{"role": "user", "content": "2+2?"},
                        {"role": "assistant", "content": "4.", "reasoning": "Simple sum."},
@@ -210,7 +212,7 @@ CHAT_CASES = [
           "tools": CHAT_TOOLS},
          [system(), developer(tools=True), user("2+2?"), final("4."), user("Weather in Lima?"),
           analysis("Call the tool."), call("get_weather", LIMA), result("get_weather", "19C")],
-         False),
+         True),  # the past call's header
     Case("finished_tool_loop_drops_reasoning",
          {"messages": [{"role": "user", "content": "Weather in Lima?"},
                        {"role": "assistant", "reasoning": "Call the tool.",
@@ -221,7 +223,7 @@ CHAT_CASES = [
           "tools": CHAT_TOOLS},
          [system(), developer(tools=True), user("Weather in Lima?"), call("get_weather", LIMA),
           result("get_weather", "19C"), final("19C in Lima."), user("Thanks!")],
-         False),
+         True),  # the past call's header
     Case("thinking_field_alias",
          {"messages": [{"role": "user", "content": "Weather in Oslo?"},
                        {"role": "assistant", "thinking": "Need weather.",
@@ -454,3 +456,25 @@ def test_responses_prompt_is_the_harmony_rendering(server, case):
     got = [int(t) for t in found[0][1].split(",") if t.strip()]
     want = render(case.expected)
     assert got == want, _diff(got, want)
+
+
+def test_legacy_tool_call_header_switch(monkeypatch):
+    """Past tool calls: harmony's header by default; vLLM's legacy one with the switch (read at import)."""
+    from vllm_gptoss.envs import LEGACY_TOOL_CALL_HEADERS
+    from vllm_gptoss.harmony import rendering
+
+    msgs = [system(), developer(tools=True), user("Weather in Lima?"), call("get_weather", LIMA),
+            result("get_weather", "19C")]
+    harmony_form = "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+    legacy_form = "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>"
+    monkeypatch.setattr(rendering, "LEGACY_TOOL_CALL_HEADERS", False)
+    text = ENC.decode(rendering.render_for_completion(list(msgs)))
+    assert harmony_form in text and legacy_form not in text, text
+    monkeypatch.setattr(rendering, "LEGACY_TOOL_CALL_HEADERS", True)
+    text = ENC.decode(rendering.render_for_completion(list(msgs)))
+    assert legacy_form in text and harmony_form not in text, text
+    for value, expected in (("1", "True"), ("0", "False")):
+        out = subprocess.run([sys.executable, "-c", "from vllm_gptoss.harmony import rendering; "
+                              "print(rendering.LEGACY_TOOL_CALL_HEADERS)"],
+                             env={**os.environ, LEGACY_TOOL_CALL_HEADERS: value}, capture_output=True, text=True)
+        assert out.stdout.strip() == expected, out.stderr[-2000:]

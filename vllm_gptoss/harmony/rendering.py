@@ -6,16 +6,17 @@ Responses: ``vllm/entrypoints/openai/responses/harmony.py::response_input_to_har
 ``response_previous_input_to_harmony``) and renders them with ``harmony_utils.render_for_completion``.
 Measured against oss-harmony's own renderer on the conversation the harmony documentation writes
 (tests/harmony/test_prompt_fidelity.py; the table in vllm_gptoss/harmony/README.md), it departs
-from the format the model writes in five places; this module fixes all but the second:
+from the format the model writes in five places; this module fixes all five:
 
 1. an assistant turn with reasoning, content and tool calls puts the commentary preamble *before*
    the analysis; the model writes analysis, then the preamble, then the calls;
-2. (kept, not fixed yet) ``render_for_completion`` rewrites every past tool call header into a
-   legacy form (``assistant to=functions.f<|channel|>commentary json``) instead of the one
-   oss-harmony renders and the model emits (``assistant<|channel|>commentary to=functions.f
-   <|constrain|>json``). We keep vLLM's rewrite for now: the harmony fixture model is trained on
-   vLLM's rendering, and retraining it on oss-harmony's header did not converge (4 and 18 wrong
-   target tokens at 1000 / 1500 steps); `LEGACY_TOOL_CALL_HEADERS` is the one switch;
+2. ``render_for_completion`` rewrites every past tool call header into a legacy form
+   (``assistant to=functions.f<|channel|>commentary json``) instead of the one oss-harmony renders,
+   the harmony docs show and the model emits (``assistant<|channel|>commentary to=functions.f
+   <|constrain|>json``). vLLM's reason (``_use_legacy_tool_call_headers``): the model "can echo the
+   latter as a malformed header with the recipient in both positions"; OpenAI's own HF chat template
+   also writes the legacy form. We render harmony's; VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS=1 restores
+   vLLM's rewrite for deployments that see that echo;
 3. Responses: an assistant message item that was a preamble (``phase: "commentary"``, or followed
    in the same turn by a function call) is rendered on the ``final`` channel. Besides the wrong
    channel, that "final" makes the past-reasoning rule drop the reasoning of the unfinished tool
@@ -38,6 +39,7 @@ rendered by vLLM's own code (it matches the spec there).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +51,8 @@ from openai_harmony import (
     Role,
     TextContent,
 )
+
+from ..envs import LEGACY_TOOL_CALL_HEADERS as LEGACY_TOOL_CALL_HEADERS_ENV
 
 # Field names clients use for an assistant message's chain of thought, first match wins:
 # OpenAI's gpt-oss guidance and vLLM >= 0.11 (`reasoning`), older vLLM / DeepSeek-style clients
@@ -216,7 +220,7 @@ def join_text_parts(messages: Sequence[Message]) -> list[Message]:
 
 
 # See point 2 of the module docstring: True keeps vLLM's legacy past-tool-call header.
-LEGACY_TOOL_CALL_HEADERS = True
+LEGACY_TOOL_CALL_HEADERS = os.environ.get(LEGACY_TOOL_CALL_HEADERS_ENV, "0") == "1"
 
 
 def render_for_completion(messages: list[Message]) -> list[int]:
