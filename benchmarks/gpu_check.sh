@@ -55,7 +55,7 @@ rest=$(left)
 echo "== [3/3] benchmark ($rest s left)"
 # the benchmark stops starting new points 25 s before its own limit and writes what it has
 # shellcheck disable=SC2086
-timeout $(( rest > 60 ? rest : 60 )) "$PY" benchmarks/gpu_moe.py $MOE_ARGS --variants --variant-tokens 1,16 \
+timeout $(( rest > 60 ? rest : 60 )) "$PY" benchmarks/gpu_moe.py $MOE_ARGS --variants --variant-tokens 1,16,4096 \
   --deadline-s $(( rest > 90 ? rest - 25 : 65 )) --out "$OUT/gpu_moe.json" > "$OUT/gpu_moe.log" 2>&1
 echo "gpu_moe rc=$?" | tee -a "$OUT/gpu_moe.log"
 

@@ -479,14 +479,18 @@ VARIANTS = {  # T: candidate configs, each timed in every --layouts layout (dequ
         _C(16, 128, 128, 4, 4, swap_ab=True, split_k=4, evict_w=True)],
     16: [_C(16, 64, 256, 4, 3, split_k=2, evict_w=True), _C(16, 64, 256, 4, 3, swap_ab=True, split_k=2, evict_w=True),
          _C(16, 128, 128, 4, 4, swap_ab=True, split_k=2, evict_w=True)],
-    4096: [_C(64, 128, 64, 4, 4), _C(128, 128, 64, 8, 4)],
+    # prefill: pick_config's tile, then the persistent grid (issue 14 part 3) with it (2 programs per
+    # SM: 3 no longer fit the registers of the looping GEMM2, aot_decode.py) and with 128-row blocks
+    4096: [_C(64, 128, 64, 4, 4), _C(64, 128, 64, 4, 4, persistent=2), _C(128, 128, 64, 8, 3, persistent=1),
+           _C(128, 256, 64, 8, 3, persistent=1), _C(128, 128, 64, 8, 4)],
 }
 
 
 def _cfg_str(cfg) -> str:
     return (f"{cfg['block_m']}x{cfg['block_n']}x{cfg['block_k']}w{cfg['num_warps']}s{cfg['num_stages']}"
             f"{'S' if cfg['swap_ab'] else ''}{'k%d' % cfg['split_k'] if cfg['split_k'] > 1 else ''}"
-            f"{'F%d' % cfg['dequant'] if cfg.get('dequant') else ''}{'E' if cfg.get('evict_w') else ''}")
+            f"{'F%d' % cfg['dequant'] if cfg.get('dequant') else ''}{'E' if cfg.get('evict_w') else ''}"
+            f"{'P%d' % cfg['persistent'] if cfg.get('persistent') else ''}")
 
 
 def run_breakdown(reps, ceil, flush, results, quick, validate=False, layouts=None):

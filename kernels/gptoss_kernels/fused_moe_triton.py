@@ -327,21 +327,17 @@ def _dot_swapped(a, w, acc_t, DOT: tl.constexpr):
 
 
 @triton.jit
-def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_ptr,
-                  M, N, K, num_m,
-                  stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ym,
-                  alpha, limit,
-                  TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  DEQUANT: tl.constexpr, K16: tl.constexpr = False, EVICT_W: tl.constexpr = False):
-    """y[row, :N/2] = swiglu(x[token(row)] @ w13[e]^T + b13[e]) for the rows of one expert block.
-
-    N = 2I (rows of w13, gate/up interleaved), K = H. Rows are in the aligned (sorted) order.
-    """
-    pid = tl.program_id(0)
+def _gemm1_tile(tile, x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_ptr,
+                M, N, K, num_m,
+                stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ym,
+                alpha, limit,
+                TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
+                DEQUANT: tl.constexpr, K16: tl.constexpr, EVICT_W: tl.constexpr):
+    """One output tile of GEMM1 (see `_gemm1_kernel`): row block and column block of `tile`."""
     num_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _tile_ids(pid, num_m, num_n, GROUP_M)
+    pid_m, pid_n = _tile_ids(tile, num_m, num_n, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -368,27 +364,49 @@ def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_pt
 
 
 @triton.jit
-def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block_expert_ptr,
+def _gemm1_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_ptr,
                   M, N, K, num_m,
-                  stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ot,
+                  stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ym,
+                  alpha, limit,
                   TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
-                  SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr, K16: tl.constexpr = False,
-                  EVICT_W: tl.constexpr = False):
-    """out[token(row)] += topk_w[slot(row)] * (y[row] @ w2[e]^T + b2[e]); N = H, K = I.
+                  DEQUANT: tl.constexpr, K16: tl.constexpr = False, EVICT_W: tl.constexpr = False,
+                  PERSISTENT: tl.constexpr = False):
+    """y[row, :N/2] = swiglu(x[token(row)] @ w13[e]^T + b13[e]) for the rows of one expert block.
 
-    SPLIT_K > 1 (decode): program_id(1) takes one K range; the partial products are linear in y, so
-    they go through the same atomic add (the bias is added by the first split only). That multiplies
-    the programs streaming weights when only a few experts are active.
+    N = 2I (rows of w13, gate/up interleaved), K = H. Rows are in the aligned (sorted) order.
+    One program per output tile, or with PERSISTENT a fixed grid whose programs take tiles
+    pid, pid + grid, ... in the grouped order (`_tile_ids`): the programs running at one time hold
+    neighbouring tiles, which share each weight tile through L2, and no program is launched twice.
     """
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), num_m * tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+            _gemm1_tile(tile, x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_ptr, M, N, K, num_m,
+                        stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ym, alpha, limit,
+                        TOPK, HAS_BIAS, DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, SWAP_AB, DEQUANT, K16,
+                        EVICT_W)
+    else:
+        _gemm1_tile(tl.program_id(0), x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, sorted_ptr, block_expert_ptr, M, N, K,
+                    num_m, stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ym, alpha,
+                    limit, TOPK, HAS_BIAS, DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, SWAP_AB, DEQUANT,
+                    K16, EVICT_W)
+
+
+@triton.jit
+def _gemm2_tile(tile, pid_k, y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block_expert_ptr,
+                M, N, K, num_m,
+                stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ot,
+                TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
+                SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr, K16: tl.constexpr, EVICT_W: tl.constexpr):
+    """One output tile (and K range `pid_k`) of GEMM2 (see `_gemm2_kernel`)."""
     k_per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
     k_begin = pid_k * k_per
     k_end = tl.minimum(K, k_begin + k_per)
     num_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _tile_ids(pid, num_m, num_n, GROUP_M)
+    pid_m, pid_n = _tile_ids(tile, num_m, num_n, GROUP_M)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -410,3 +428,32 @@ def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block
         acc = acc * tw[:, None]
         o_ptrs = out_ptr + tok.to(tl.int64)[:, None] * stride_ot + offs_n[None, :]
         tl.atomic_add(o_ptrs, acc, mask=row_ok[:, None] & n_ok[None, :], sem="relaxed")
+
+
+@triton.jit
+def _gemm2_kernel(y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr, block_expert_ptr,
+                  M, N, K, num_m,
+                  stride_ym, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ot,
+                  TOPK: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
+                  SPLIT_K: tl.constexpr, DEQUANT: tl.constexpr, K16: tl.constexpr = False,
+                  EVICT_W: tl.constexpr = False, PERSISTENT: tl.constexpr = False):
+    """out[token(row)] += topk_w[slot(row)] * (y[row] @ w2[e]^T + b2[e]); N = H, K = I.
+
+    SPLIT_K > 1 (decode): program_id(1) takes one K range; the partial products are linear in y, so
+    they go through the same atomic add (the bias is added by the first split only). That multiplies
+    the programs streaming weights when only a few experts are active. PERSISTENT: as in
+    `_gemm1_kernel`, over the tiles of program_id(1)'s K range.
+    """
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), num_m * tl.cdiv(N, BLOCK_N), tl.num_programs(0)):
+            _gemm2_tile(tile, tl.program_id(1), y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr,
+                        block_expert_ptr, M, N, K, num_m, stride_ym, stride_we, stride_wn, stride_se, stride_sn,
+                        stride_be, stride_ot, TOPK, HAS_BIAS, DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
+                        SWAP_AB, SPLIT_K, DEQUANT, K16, EVICT_W)
+    else:
+        _gemm2_tile(tl.program_id(0), tl.program_id(1), y_ptr, w_ptr, s_ptr, b_ptr, tw_ptr, out_ptr, sorted_ptr,
+                    block_expert_ptr, M, N, K, num_m, stride_ym, stride_we, stride_wn, stride_se, stride_sn,
+                    stride_be, stride_ot, TOPK, HAS_BIAS, DOT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K,
+                    SWAP_AB, SPLIT_K, DEQUANT, K16, EVICT_W)

@@ -260,6 +260,11 @@ class TileConfig:
     # sm_80..89: fma); chosen per device and dtype by capability.kernel_variant
     dequant: int = DEQUANT_PLAIN
     evict_w: bool = False  # weight/scale loads evict-first (decode: each weight byte is read once)
+    # 0: one program per output tile. n > 0: a persistent grid of n programs per SM (at most one per
+    # tile), each looping over tiles in the grouped order, so that the programs resident at one time
+    # hold neighbouring row blocks of the same weight column (prefill: each dequantized weight tile,
+    # fetched once into L2, serves their rows) and no CTA is launched or scheduled twice
+    persistent: int = 0
 
 
 def pick_config(num_tokens: int, top_k: int, num_experts: int, dtype: torch.dtype = torch.bfloat16,
@@ -292,6 +297,9 @@ def _pick_config(rows: int, slots: int) -> TileConfig:
         return TileConfig(16, 64, 256, 4, 3, split_k=4 if slots <= 16 else 2, evict_w=True)
     if rows <= 48:
         return TileConfig(32, 64, 128, 4, 4)
+    # the persistent grid (TileConfig.persistent, issue 14 part 3) is built and checked but not yet
+    # timed on a GPU: it costs the looping GEMM2 ~50 registers (3 -> 2 resident CTAs an SM, aot_decode.py),
+    # so it becomes the default only where benchmarks/gpu_moe.py --variants measures it faster
     return TileConfig(64, 128, 64, 4, 4)
 
 
@@ -371,7 +379,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     b13 = w.w13_bias if w.w13_bias is not None else w.w13_scales  # dummy pointer when HAS_BIAS=False
     b2 = w.w2_bias if w.w2_bias is not None else w.w2_scales
     n1 = 2 * I
-    grid1 = (max_blocks * triton_cdiv(n1, cfg.block_n),)
+    grid1 = (_programs(max_blocks * triton_cdiv(n1, cfg.block_n), cfg.persistent, x.device),)
     tk._gemm1_kernel[grid1](
         x, w.w13, w.w13_scales, b13, act, sorted_ids, block_expert,
         M, n1, H, max_blocks,
@@ -380,10 +388,11 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         TOPK=top_k, HAS_BIAS=w.w13_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=H % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, DEQUANT=cfg.dequant,
-        K16=w.layout == "k16", EVICT_W=cfg.evict_w, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        K16=w.layout == "k16", EVICT_W=cfg.evict_w, PERSISTENT=cfg.persistent > 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 2:
         return acc
-    grid2 = (max_blocks * triton_cdiv(H, cfg.block_n), cfg.split_k)
+    grid2 = (_programs(max_blocks * triton_cdiv(H, cfg.block_n), cfg.persistent, x.device), cfg.split_k)
     tk._gemm2_kernel[grid2](
         act, w.w2, w.w2_scales, b2, tw, acc, sorted_ids, block_expert,
         M, H, I, max_blocks,
@@ -392,7 +401,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         TOPK=top_k, HAS_BIAS=w.w2_bias is not None, DOT=dot,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=I % cfg.block_k == 0 and cfg.split_k == 1, SWAP_AB=cfg.swap_ab, SPLIT_K=cfg.split_k, DEQUANT=cfg.dequant,
-        K16=w.layout == "k16", EVICT_W=cfg.evict_w, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        K16=w.layout == "k16", EVICT_W=cfg.evict_w, PERSISTENT=cfg.persistent > 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if _stages <= 3:
         return acc
     if out is not None:
@@ -400,6 +410,27 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
             out.copy_(acc)
         return out
     return acc if out_dtype == torch.float32 else acc.to(out_dtype)
+
+
+# Triton's interpreter runs programs one after another: a persistent grid of 2 "SMs" there makes
+# every program loop over several tiles, which is what the CPU tests check
+_INTERPRETER_SMS = 2
+_SM_COUNT: dict[int, int] = {}
+
+
+def _programs(tiles: int, per_sm: int, device: torch.device) -> int:
+    """Grid size of one GEMM launch: `tiles`, or for a persistent config at most `per_sm` programs
+    per SM of `device` (a static number: the launch stays CUDA-graph capturable)."""
+    if per_sm <= 0:
+        return tiles
+    if _interpreting() or device.type != "cuda":
+        sms = _INTERPRETER_SMS
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in _SM_COUNT:
+            _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+        sms = _SM_COUNT[index]
+    return max(1, min(tiles, per_sm * sms))
 
 
 def max_aligned_blocks(num_slots: int, num_experts: int, block_m: int) -> int:

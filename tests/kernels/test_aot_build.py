@@ -90,3 +90,29 @@ def test_the_build_check_catches_sm90_only_ptx_on_ampere(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "does not build" in proc.stdout and "sm_90" in proc.stdout, proc.stdout
+
+
+def test_persistent_prefill_grid_builds(tmp_path):
+    """The persistent grid of issue 14 part 3 (not pick_config's default yet, so the sweep above does
+    not build it): the prefill variants benchmarks/gpu_moe.py times, both GEMMs and both layouts, for
+    sm_90 (wgmma, no spills) and sm_80 (the fma.rn.bf16x2 dequantization)."""
+    code = (
+        "import json, torch, gptoss_kernels.aot as a\n"
+        "from gptoss_kernels.moe import TileConfig\n"
+        "a.SHAPES = a.SHAPES[:1]\n"
+        "cfgs = [TileConfig(64, 128, 64, 4, 4, persistent=2), TileConfig(128, 128, 64, 8, 3, persistent=1)]\n"
+        "rows = a.build([(9, 0), (8, 0)], {'bf16': torch.bfloat16}, jobs=2, log=lambda s: None, configs={4096: cfgs})\n"
+        "print(json.dumps([{k: r.get(k) for k in ('kernel', 'target', 'constexprs', 'spill_bytes', 'registers',\n"
+        "                   'ptx_wgmma', 'ptx_mma', 'error')} for r in rows], default=str))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_clean_env(tmp_path), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [r for r in json.loads(proc.stdout.strip().splitlines()[-1]) if r["kernel"].startswith("_gemm")]
+    assert not [r for r in rows if r.get("error")], [r["error"] for r in rows if r.get("error")]
+    built = {(r["target"], r["kernel"], r["constexprs"]["BLOCK_M"], r["constexprs"]["K16"]) for r in rows
+             if r["constexprs"]["PERSISTENT"]}
+    assert built == {(t, k, bm, k16) for t in ("sm_90", "sm_80") for k in ("_gemm1_kernel", "_gemm2_kernel")
+                     for bm in (64, 128) for k16 in (False, True)}, built
+    for r in rows:
+        assert r["spill_bytes"] == 0 and r["registers"] <= 255, r
+        assert r["ptx_wgmma"] if r["target"] == "sm_90" else r["ptx_mma"], r
