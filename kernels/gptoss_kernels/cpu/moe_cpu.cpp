@@ -4,8 +4,9 @@
 // chosen at compile time from the compiler's ISA macros:
 //   AVX-512 (F+BW) + AVX512_BF16   bf16 activations, products exact, fp32 sums (vdpbf16ps). Few
 //                                  tokens per expert (decode): 4 blocks per 64-byte load, unscaled
-//                                  E2M1 -> bf16 by in-lane byte tables, block scales applied after
-//                                  the sums (dot_bf16_nib); elsewhere codes -> bf16 through a word
+//                                  E2M1 -> bf16 by a word table (vpermw on the code word shifted by
+//                                  0/4/8/12 bits), block scales applied after the sums
+//                                  (dot_bf16_nib); elsewhere codes -> bf16 through a word
 //                                  table (vpermw) whose exponents carry the block's E8M0 scale
 //                                  (dot_bf16), or a dequantized bf16 tile for 8+ tokens
 //   AVX-512 (F+BW)                 fp32 activations: codes -> fp32 through a 16-entry table
@@ -59,6 +60,7 @@ constexpr int kBlock = 32;   // elements per E8M0 scale
 constexpr int kTile = 32;    // rows per work item (gate_up: 16 gate/up pairs)
 constexpr int kMaxM = 8;     // tokens per register block
 constexpr int64_t kItemRun = 16;  // consecutive work items a thread takes at a time (see the work items)
+constexpr int64_t kRunsPerThread = 2;  // decode: the items split into this many runs per thread
 
 const float kE2M1[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
                          -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
@@ -385,10 +387,14 @@ void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
 #if defined(GK_BF16)
 // ---------------------------------------------------------------- bf16, few tokens: nibble tables
 // The decode path (fewer than kScratchMin tokens of an expert). One 64-byte load takes 4 blocks of a
-// row (128 weights), 16 code bytes per 128-bit lane. In-lane byte tables (vpshufb) give the low and
-// the high byte of the *unscaled* bf16 E2M1 value of every nibble, and byte interleaves (vpunpck*bw)
-// join them into 4 registers of 32 bf16 weights: 2 shuffles per 32 weights, against the
-// widen + vpermw + per-block scale arithmetic of dot_bf16. Every product of an E2M1 value and a bf16
+// row (128 weights), 16 code bytes per 128-bit lane. Its 32 words each hold 4 codes (elements 4j ..
+// 4j + 3 of the group in bits 0-3, 4-7, 8-11, 12-15); the code word shifted right by 0, 4, 8, 12
+// bits indexes a 32-entry word table (vpermw reads the low 5 bits: the table holds the 16 *unscaled*
+// bf16 E2M1 values twice, so the next code's low bit does not matter), giving 4 registers of 32 bf16
+// weights: 1 shuffle per 32 weights (the byte tables + byte interleaves used before took 2, and the
+// kernel is compute-bound once its weights come from L3: Zen 5, one expert L3-resident, 2 threads,
+// 60 -> 66 GB/s). Register k holds elements 4j + k of the group, so word 8k + i of it belongs to
+// block k (lane k), as vdpbf16ps's lanes need. Every product of an E2M1 value and a bf16
 // activation is exact in fp32, so each block's scale can be applied after its sums: vdpbf16ps leaves
 // a block's partial sums in its own 128-bit lane, so one FMA with a vector whose lane k holds
 // 2^(scale_k - 127) applies the 4 blocks' scales at once (exact: a power of two; scales 1..254 only,
@@ -399,29 +405,21 @@ void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
 // a binade above the subnormal range too); rows outside that take dot_bf16 (to_nib says which).
 // The activations are permuted once per call to match the weights' order (nib_pos); a row's last
 // group may be partial (masked loads, zero activations).
-struct NibTables {
-  alignas(64) uint8_t lo[64], hi[64];  // low / high byte of bf16(E2M1[n]), the 16 entries in each lane
-  NibTables() {
-    for (int i = 0; i < 64; ++i) {
-      const uint16_t b = f32_to_bf16(kE2M1[i & 15]);
-      lo[i] = uint8_t(b & 0xff);
-      hi[i] = uint8_t(b >> 8);
-    }
+struct NibTable {
+  alignas(64) uint16_t w[32];  // bf16(E2M1[i & 15]): index bit 4 (the next code's low bit) ignored
+  NibTable() {
+    for (int i = 0; i < 32; ++i) w[i] = f32_to_bf16(kE2M1[i & 15]);
   }
 };
-const NibTables kNib;
+const NibTable kNib;
 constexpr int64_t kNibGroup = 128;  // elements per 64-byte load (4 blocks)
 
 inline int64_t nib_len(int64_t n) { return (n + kNibGroup - 1) / kNibGroup * kNibGroup; }
 
-// Position of element c of a K-row (natural order) in the nibble layout: per group of 4 blocks,
-// 4 chunks of 32 words (the weights of unpacklo/unpackhi of the low nibbles, then of the high ones);
-// chunk word 8k + i belongs to block k of the group (lane k), code byte i (+8 for unpackhi).
-inline int64_t nib_pos(int64_t c) {
-  const int64_t b = c >> 5, w = c & 31, odd = w & 1, byte = w >> 1;
-  const int64_t chunk = odd * 2 + (byte >> 3);
-  return (b >> 2) * kNibGroup + chunk * 32 + (b & 3) * 8 + (byte & 7);
-}
+// Position of element c of a K-row (natural order) in the nibble layout: per group of 4 blocks
+// (128 elements, 32 code words), 4 chunks of 32 words: chunk k, word j holds element 4j + k (the
+// weights vpermw gives for the code words shifted by 4k bits).
+inline int64_t nib_pos(int64_t c) { return (c >> 7) * kNibGroup + (c & 3) * 32 + ((c & 127) >> 2); }
 
 // dst (nib_len(n) bf16) = row x (n bf16, natural order) in the nibble layout, zero padded. Returns
 // whether every value is in dot_bf16_nib's exact range: 0, a subnormal, or 2^-100 <= |x| < 2^64.
@@ -455,8 +453,7 @@ constexpr int kNibPrefetchBlocks = 4;
 template <int R, int M>
 void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb,
                   const uint16_t* const* xs, float* out) {
-  const __m512i tlo = _mm512_load_si512(kNib.lo), thi = _mm512_load_si512(kNib.hi);
-  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  const __m512i table = _mm512_load_si512(kNib.w);
   // lane k of the broadcast scale dword -> byte 2 of each of its dwords (then << 7: the exponent)
   const __m512i sc_idx = _mm512_set_epi32(0x80038080, 0x80038080, 0x80038080, 0x80038080,
                                           0x80028080, 0x80028080, 0x80028080, 0x80028080,
@@ -473,11 +470,10 @@ void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, 
     for (int r = 0; r < R; ++r) {
       _mm_prefetch((const char*)(w + kNibPrefetchBlocks * R * ldw + (g * R + r) * 64), _MM_HINT_T0);
       const __m512i c = _mm512_maskz_loadu_epi8(cmask, w + r * ldw + g * 64);
-      const __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4);
-      const __m512i lol = _mm512_shuffle_epi8(tlo, lo), loh = _mm512_shuffle_epi8(thi, lo);
-      const __m512i hil = _mm512_shuffle_epi8(tlo, hi), hih = _mm512_shuffle_epi8(thi, hi);
-      const __m512bh w0 = (__m512bh)_mm512_unpacklo_epi8(lol, loh), w1 = (__m512bh)_mm512_unpackhi_epi8(lol, loh);
-      const __m512bh w2 = (__m512bh)_mm512_unpacklo_epi8(hil, hih), w3 = (__m512bh)_mm512_unpackhi_epi8(hil, hih);
+      const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(c, table);
+      const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
+      const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 8), table);
+      const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 12), table);
       uint32_t sb;
       if (sbytes == nullptr)
         std::memcpy(&sb, s + r * lds + g * 4, 4);
@@ -593,21 +589,24 @@ inline bool to_nib_or_false(const uint16_t* x, int64_t n, uint16_t* dst) {
 }
 
 // Runtime M -> template; R = 4 rows for up to 4 tokens, 2 rows above (register budget: R*M <= 16
-// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8).
+// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8). bf16 (RB) with one token: one row at
+// a time, so that each thread reads one sequential stream (a tile's rows lie one after another)
+// instead of R streams a row apart; the hardware prefetcher follows one stream better (Zen 5, one
+// token from DRAM, 2 threads, same process, with the runs below: 1.10x over 4 rows).
 // xn: the same activation rows in the nibble layout for dot_bf16_nib (bf16 mode; a null row: that
 // group of rows takes dot_bf16).
 inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const void* const* xs,
                      const void* const* xn, int M, float* out /* [kTile][M] for the tile's rows */, Mode mode) {
-#define GK_CASE(MM, RR, RQ)                                                                      \
+#define GK_CASE(MM, RR, RB, RQ)                                                                  \
   case MM:                                                                                       \
     if (mode == kQ16) {                                                                          \
       GK_Q16_CALL(RQ, MM)                                                                        \
+    } else if (mode == kBf16) {                                                                  \
+      for (int r0 = 0; r0 < kTile; r0 += RB) GK_BF16_CALL(RB, MM)                                \
     } else {                                                                                     \
-      for (int r0 = 0; r0 < kTile; r0 += RR) {                                                   \
-        if (mode == kBf16) GK_BF16_CALL(RR, MM) else                                             \
-          dot_f32<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const float* const*)xs,     \
-                          out + r0 * MM);                                                        \
-      }                                                                                          \
+      for (int r0 = 0; r0 < kTile; r0 += RR)                                                     \
+        dot_f32<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const float* const*)xs,       \
+                        out + r0 * MM);                                                          \
     }                                                                                            \
     break;
 #if defined(GK_BF16)
@@ -640,14 +639,14 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 #define GK_Q16_CALL(RQ, MM) {}
 #endif
   switch (M) {
-    GK_CASE(1, 4, 4)
-    GK_CASE(2, 4, 4)
-    GK_CASE(3, 4, 2)
-    GK_CASE(4, 4, 2)
-    GK_CASE(5, 2, 1)
-    GK_CASE(6, 2, 1)
-    GK_CASE(7, 2, 1)
-    GK_CASE(8, 2, 1)
+    GK_CASE(1, 4, 1, 4)
+    GK_CASE(2, 4, 4, 4)
+    GK_CASE(3, 4, 4, 2)
+    GK_CASE(4, 4, 4, 2)
+    GK_CASE(5, 2, 2, 1)
+    GK_CASE(6, 2, 2, 1)
+    GK_CASE(7, 2, 2, 1)
+    GK_CASE(8, 2, 2, 1)
     default:
       break;
   }
@@ -783,20 +782,29 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     });
   std::vector<char> act((size_t)S * I * esz);       // SwiGLU output per slot, mode layout
   std::vector<float> ybuf((size_t)S * H);           // weighted expert output per slot
-  // ---- work items: (expert, 32-row tile), taken by the threads in runs of kItemRun: the tiles of an
-  // expert are adjacent in memory, and a thread that streams a run of them reads next what its
-  // prefetches fetched (4 register blocks ahead, across tile ends). Tiles taken alternately by 2
-  // threads made each core prefetch the other's next tile into its own L2 (on AMD Zen the L3 is a
-  // victim cache): 2 threads then ran one-token layers slower than 1 thread (Zen 5, from DRAM: 31 ->
-  // 57-61 GB/s with runs of 16-64; BENCHMARKS.md).
+  // ---- work items: (expert, 32-row tile), taken by the threads in runs of consecutive items: the
+  // tiles of an expert are adjacent in memory, and a thread that streams a run of them reads next
+  // what its prefetches fetched (4 register blocks ahead, across tile ends). Tiles taken alternately
+  // by 2 threads made each core prefetch the other's next tile into its own L2 (on AMD Zen the L3 is
+  // a victim cache): 2 threads then ran one-token layers slower than 1 thread (Zen 5, from DRAM: 31
+  // -> 57-61 GB/s with runs of 16-64; BENCHMARKS.md). When every expert has few tokens (decode), the
+  // items cost alike and the runs are as long as they can be: kRunsPerThread per thread (each thread
+  // streams long stretches, and no thread is left with a last run of 16 while the other waits; Zen
+  // 5, one token, same process: 1.02-1.10x over runs of 16, with one row at a time and the vpermw
+  // decode 1.10-1.13x, BENCHMARKS.md); otherwise runs of kItemRun, which balance experts of unequal
+  // token counts.
   std::vector<std::pair<int32_t, int32_t>> items1, items2;
   for (int64_t e = 0; e < E; ++e) {
     if (off[e + 1] == off[e]) continue;
     for (int64_t n = 0; n < N1; n += kTile) items1.emplace_back(int32_t(e), int32_t(n));
     for (int64_t n = 0; n < H; n += kTile) items2.emplace_back(int32_t(e), int32_t(n));
   }
+  bool decode = true;
+  for (int64_t e = 0; e < E; ++e) decode &= off[e + 1] - off[e] < kScratchMin;
+  const int64_t runs = int64_t(omp_get_max_threads()) * kRunsPerThread;
+  auto run_len = [&](size_t n) { return decode ? std::max<int64_t>(1, (int64_t(n) + runs - 1) / runs) : kItemRun; };
   // gate_up + bias + clamped SwiGLU
-  run_item_runs((int64_t)items1.size(), kItemRun, [&](int64_t it) {
+  run_item_runs((int64_t)items1.size(), run_len(items1.size()), [&](int64_t it) {
     const int64_t e = items1[it].first, n0 = items1[it].second;
     const uint8_t* w = w13 + (e * N1 + n0) * (H / 2);
     const uint8_t* s = s13 + (e * N1 + n0) * (H / kBlock);
@@ -838,7 +846,7 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     });
   }
   // down + bias, times the routing weight
-  run_item_runs((int64_t)items2.size(), kItemRun, [&](int64_t it) {
+  run_item_runs((int64_t)items2.size(), run_len(items2.size()), [&](int64_t it) {
     const int64_t e = items2[it].first, n0 = items2[it].second;
     const uint8_t* w = w2 + (e * H + n0) * (I / 2);
     const uint8_t* s = s2 + (e * H + n0) * (I / kBlock);
