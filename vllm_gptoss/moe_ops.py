@@ -123,12 +123,16 @@ def cpu_native_kernel():
 
 
 class CpuNativeWeights:
-    """What the native kernel needs beyond the layer's MXFP4 parameters: float32 biases (a few MB;
-    the experts themselves are used in place, in the checkpoint layout, never copied)."""
+    """What the native kernel needs beyond the layer's MXFP4 parameters: float32 biases (a few MB).
+    The experts' E2M1 codes are rewritten in place, once, into the row-group layout the kernel reads
+    (`NativeKernels.pack_experts`, a few experts at a time: no second copy of the experts is held);
+    the scales stay as loaded."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, native):
         self.w13_bias = layer.w13_bias.detach().to(torch.float32).contiguous()
         self.w2_bias = layer.w2_bias.detach().to(torch.float32).contiguous()
+        native.pack_experts(layer.w13_weight.data, inplace=True)
+        native.pack_experts(layer.w2_weight.data, inplace=True)
 
 
 def maybe_prepare_cpu_native(layer):
@@ -140,7 +144,7 @@ def maybe_prepare_cpu_native(layer):
     for name in ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale"):
         if not getattr(layer, name).is_contiguous():
             raise ValueError(f"vllm-gptoss: MoE parameter {name} is not contiguous; the native CPU kernel reads it in place")
-    return CpuNativeWeights(layer)
+    return CpuNativeWeights(layer, cpu_native_kernel())
 
 
 @torch.library.custom_op("vllm_gptoss::moe_cpu_native", mutates_args=())

@@ -83,12 +83,19 @@ def _routing(T, E, k, g, drop=0.2):
     return w, ids
 
 
+def _packed(native, p):
+    """p's E2M1 blocks in the row-group layout the kernel reads (copies; p keeps the checkpoint order
+    that moe_reference reads)."""
+    return native.pack_experts(p["w13"]), native.pack_experts(p["w2"])
+
+
 def _check(native, x, w, ids, p, bound, biases=True):
     b13, b2 = (p["b13"], p["b2"]) if biases else (None, None)
     want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], b13, p["w2"], p["s2"], b2)
     assert torch.isfinite(want).all() and want.float().std() > 0
     out = torch.full_like(x, float("nan"))  # poisoned: every element must be written
-    got = native.moe(x, w, ids, p["w13"], p["s13"], b13, p["w2"], p["s2"], b2, 1.702, 7.0, out=out)
+    w13, w2 = _packed(native, p)
+    got = native.moe(x, w, ids, w13, p["s13"], b13, w2, p["s2"], b2, 1.702, 7.0, out=out)
     assert got.data_ptr() == out.data_ptr() and got.dtype == x.dtype
     assert torch.isfinite(got).all()
     err = ((got.float() - want.float()).norm() / want.float().norm()).item()
@@ -159,12 +166,13 @@ def test_q16_matches_float32_reference(q16_build, T, k):
     w, ids = _routing(T, E, k, g)
     want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
     out = torch.full_like(x, float("nan"))
-    got = q16_build.moe(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0,
+    w13, w2 = _packed(q16_build, p)
+    got = q16_build.moe(x, w, ids, w13, p["s13"], p["b13"], w2, p["s2"], p["b2"], 1.702, 7.0,
                         out=out, act_mode=native_cpu.MODE_Q16)
     err = ((got - want).norm() / want.norm()).item()
     assert err <= Q16_BOUND, f"relative L2 error {err:.2e} above {Q16_BOUND:.0e}"
     # and it is not the float32 path under another name: that one is ~100x closer
-    f32 = q16_build.moe(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0,
+    f32 = q16_build.moe(x, w, ids, w13, p["s13"], p["b13"], w2, p["s2"], p["b2"], 1.702, 7.0,
                         act_mode=native_cpu.MODE_F32)
     assert ((f32 - want).norm() / want.norm()).item() < err
 
@@ -177,8 +185,8 @@ def test_q16_nan_propagates(q16_build):
     x = torch.randn(3, H, generator=g)
     x[1, 40] = float("nan")
     w, ids = _routing(3, E, 2, g, drop=0.0)
-    got = q16_build.moe(x.to(torch.bfloat16), w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"],
-                        1.702, 7.0)
+    w13, w2 = _packed(q16_build, p)
+    got = q16_build.moe(x.to(torch.bfloat16), w, ids, w13, p["s13"], p["b13"], w2, p["s2"], p["b2"], 1.702, 7.0)
     assert torch.isnan(got[1]).all() and torch.isfinite(got[[0, 2]]).all()
 
 
@@ -276,7 +284,8 @@ def test_deterministic_across_thread_counts(native):
     p = _experts(6, 96, 64, g)
     x = torch.randn(33, 96, generator=g).to(torch.bfloat16)
     w, ids = _routing(33, 6, 4, g)
-    args = (x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0)
+    w13, w2 = _packed(native, p)
+    args = (x, w, ids, w13, p["s13"], p["b13"], w2, p["s2"], p["b2"], 1.702, 7.0)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -302,6 +311,48 @@ def test_bad_input_named(native):
         native.moe(*args[:7], p["s2"].float(), *args[8:])
     with pytest.raises(ValueError, match="w13_bias: expected shape"):
         native.moe(*args[:5], p["b13"][:, :-1], *args[6:])
+
+
+# K/2 = 128, 80, 48, 112 bytes: 2 whole chunks, 1 + 16 bytes, none + 48 bytes, 1 + 48 bytes
+@pytest.mark.parametrize("H", [256, 160, 96, 224])
+def test_pack_experts_is_the_documented_layout(native, H):
+    """Per group of 4 rows: the rows' 64-byte chunks interleaved, then their partial last chunks;
+    `unpack_experts` inverts it, in place and copy agree, and a [E, N, K/32, 16] view packs alike."""
+    g = torch.Generator().manual_seed(H)
+    E, N, kb = 3, 8, H // 2
+    b = torch.randint(0, 256, (E, N, kb), dtype=torch.uint8, generator=g)
+    p = native.pack_experts(b)
+    assert native.group_rows == 4 and native.chunk_bytes == 64
+    full = kb // 64 * 64
+    assert p.shape == b.shape and torch.equal(p, b) == (full == 0)  # rows under 64 bytes: the same order
+    flat = p.view(E, N // 4, 4 * kb)
+    for e, row, c in ((0, 0, 0), (1, 5, kb - 1), (2, 7, min(70, kb - 1)), (2, 2, 17), (0, 3, full)):
+        if c >= kb:
+            continue
+        q, rr = divmod(row, 4)
+        pos = (c // 64) * 256 + rr * 64 + c % 64 if c < full else 4 * full + rr * (kb - full) + (c - full)
+        assert flat[e, q, pos] == b[e, row, c], (e, row, c)
+    assert torch.equal(native.unpack_experts(p), b)
+    inplace = b.clone()
+    assert native.pack_experts(inplace, inplace=True, experts_at_once=2).data_ptr() == inplace.data_ptr()
+    assert torch.equal(inplace, p)
+    assert torch.equal(native.pack_experts(b.view(E, N, kb // 16, 16)).view(E, N, kb), p)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        native.pack_experts(b[:, :6].contiguous())
+
+
+def test_checkpoint_order_is_not_what_the_kernel_reads(native):
+    """The negative control of the layout: the same call on blocks in the checkpoint order misses the
+    reference by far (rows of 2 whole chunks, so the orders differ), packed it matches."""
+    E, H, I, T = 4, 256, 128, 3
+    g = torch.Generator().manual_seed(21)
+    p = _experts(E, H, I, g)
+    x = torch.randn(T, H, generator=g)
+    w, ids = _routing(T, E, 2, g, drop=0.0)
+    want = gk.moe_reference(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"])
+    wrong = native.moe(x, w, ids, p["w13"], p["s13"], p["b13"], p["w2"], p["s2"], p["b2"], 1.702, 7.0)
+    assert ((wrong - want).norm() / want.norm()).item() > 0.1
+    _check(native, x, w, ids, p, BOUNDS[torch.float32])
 
 
 # ------------------------------------------------------------------------------ build and wiring

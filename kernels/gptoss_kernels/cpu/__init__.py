@@ -12,6 +12,7 @@ so its OpenMP threads are torch's (`torch.set_num_threads`, vLLM's CPU thread bi
 
 No vLLM import here. Public:
   load(cache_root=None) -> NativeKernels    raises NativeUnavailable with the reason (no compiler, ...)
+  NativeKernels.pack_experts(blocks, inplace)    E2M1 codes, checkpoint order -> the layout `moe` reads (once, at load)
   NativeKernels.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
   NativeKernels.linear(x, weight, bias)    y = x weight^T + bias for bf16 weights [N, K], used in place
 Numerics: float32 activations run float32 math on exactly dequantized weights (as moe_reference,
@@ -141,6 +142,9 @@ class NativeKernels:
         self.lib = ctypes.CDLL(str(path))  # CDLL releases the GIL during calls
         self.lib.gptoss_cpu_features.restype = ctypes.c_int
         self.features = self.lib.gptoss_cpu_features()
+        # the row-group layout `moe` reads the E2M1 codes in (moe_cpu.cpp; `pack_experts` writes it)
+        self.group_rows = self.lib.gptoss_cpu_group_rows()
+        self.chunk_bytes = self.lib.gptoss_cpu_chunk_bytes()
         fn = self.lib.gptoss_cpu_moe
         fn.restype = ctypes.c_int
         i64, vp, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
@@ -171,13 +175,53 @@ class NativeKernels:
             return MODE_Q16
         return MODE_F32
 
+    def _group_view(self, blocks: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        if blocks.dtype != torch.uint8 or blocks.dim() not in (3, 4) or not blocks.is_contiguous():
+            raise ValueError(f"expert blocks: expected a contiguous uint8 [E, N, K/2] or [E, N, K/32, 16] tensor, "
+                             f"found {blocks.dtype} {tuple(blocks.shape)} contiguous={blocks.is_contiguous()}")
+        E, N = blocks.shape[0], blocks.shape[1]
+        kb = blocks[0, 0].numel()
+        if N % self.group_rows or kb % 16:
+            raise ValueError(f"expert blocks: expected rows in multiples of {self.group_rows} and K/2 in multiples "
+                             f"of 16 bytes, found {tuple(blocks.shape)}")
+        return blocks.view(E, N // self.group_rows, self.group_rows, kb), kb, kb // self.chunk_bytes * self.chunk_bytes
+
+    def pack_experts(self, blocks: torch.Tensor, inplace: bool = False, experts_at_once: int = 4) -> torch.Tensor:
+        """Checkpoint byte order of E2M1 expert codes ([E, N, K/2] or [E, N, K/32, 16] uint8) -> the
+        row-group layout `moe` reads (moe_cpu.cpp): per group of `group_rows` rows, their 64-byte
+        chunks interleaved, then their partial last chunks. Same shape, same bytes. `inplace`: written
+        back into `blocks`, `experts_at_once` experts at a time (the extra memory is theirs), as at
+        model load, where a second copy of the experts would not fit."""
+        g, kb, full = self._group_view(blocks)
+        out = blocks if inplace else torch.empty_like(blocks)
+        dst = out.view(g.shape[0], g.shape[1], -1)
+        c = self.chunk_bytes
+        for e in range(0, g.shape[0], experts_at_once):
+            b = g[e:e + experts_at_once]
+            n, q, r = b.shape[:3]
+            main = b[..., :full].reshape(n, q, r, full // c, c).transpose(2, 3).reshape(n, q, r * full)
+            dst[e:e + experts_at_once] = torch.cat([main, b[..., full:].reshape(n, q, r * (kb - full))], dim=-1)
+        return out
+
+    def unpack_experts(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The inverse of `pack_experts` (a copy in the checkpoint byte order; tests, inspection)."""
+        g, kb, full = self._group_view(blocks)
+        n, q, r = g.shape[:3]
+        flat = g.reshape(n, q, r * kb)
+        c = self.chunk_bytes
+        main = flat[..., :r * full].reshape(n, q, full // c, r, c).transpose(2, 3).reshape(n, q, r, full)
+        tail = flat[..., r * full:].reshape(n, q, r, kb - full)
+        return torch.cat([main, tail], dim=-1).reshape(blocks.shape)
+
     def moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             w13: torch.Tensor, w13_scale: torch.Tensor, w13_bias: torch.Tensor | None,
             w2: torch.Tensor, w2_scale: torch.Tensor, w2_bias: torch.Tensor | None,
             alpha: float, limit: float, out: torch.Tensor | None = None,
             act_mode: int | None = None) -> torch.Tensor:
-        """Same contract as `gptoss_kernels.moe_reference` (weights in vLLM's parameter layout:
-        blocks [E, N, K/2] or [E, N, K/32, 16] uint8, scales [E, N, K/32] uint8); returns [T, H] in
+        """Same contract as `gptoss_kernels.moe_reference`, with the E2M1 blocks w13 / w2 ([E, N, K/2] or
+        [E, N, K/32, 16] uint8) in the row-group layout of `pack_experts` (not the checkpoint order:
+        the shapes are the same, so this cannot be checked here) and the scales [E, N, K/32] uint8 as
+        in the checkpoint; returns [T, H] in
         x's dtype, written into `out` when given (every element is written). `act_mode` forces a
         kernel mode (MODE_Q16 on float32 x gives its float32 output: the tests compare modes)."""
         if x.dim() != 2:

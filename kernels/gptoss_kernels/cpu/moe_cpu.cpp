@@ -19,10 +19,18 @@
 //   anything else                  scalar fp32 (same layout, same results up to summation order)
 // Dequantization happens in registers inside the dot products: no expert is ever expanded in memory.
 //
-// Weights are read in the checkpoint / vLLM parameter layout, unchanged:
-//   blocks uint8 [E, N, K/2] (two E2M1 codes a byte, low nibble = even element), scales uint8
-//   E8M0 [E, N, K/32]. Rows of one expert are contiguous, so a tile of rows is a few sequential
-//   streams; no repacking is needed (and none is done: memory stays MXFP4-sized).
+// Weights: scales uint8 E8M0 [E, N, K/32] as in the checkpoint; the E2M1 codes (uint8, two a byte,
+// low nibble = even element, K/2 bytes a row) in the *row-group layout*, written once at load in
+// place of the checkpoint's [E, N, K/2] (gptoss_kernels.cpu.NativeKernels.pack_experts; same bytes,
+// memory stays MXFP4-sized): per group of kGroupRows consecutive rows, the rows' first 64-byte
+// chunks one after another, then their second chunks, ..., then the rows' last partial chunks
+// (K/2 mod 64 bytes each). A register block of kGroupRows rows then reads one sequential stream
+// where the checkpoint order gave kGroupRows streams a row apart, which the hardware prefetchers
+// follow better, and the decode kernel keeps its 4 rows a block (activations loaded once for 4
+// rows): Zen 5, one token from DRAM, 2 threads, same process, 1.03-1.09x over the checkpoint order
+// read one row at a time; with the vpermw decode and the long runs below, 1.13-1.16x over the kernel
+// before them, 88-97% of oneDNN's bf16 GEMV rate on as many bytes (BENCHMARKS.md). 16-byte blocks and
+// 64-byte chunks stay contiguous, so every path reads them as before, through WRows::at.
 //
 // One call: route (CSR of slots per expert), gate_up over (expert, 32-row tile) work items with
 // bias + clamped SwiGLU in the epilogue, down over (expert, 32-row tile) items with bias and the
@@ -61,6 +69,22 @@ constexpr int kTile = 32;    // rows per work item (gate_up: 16 gate/up pairs)
 constexpr int kMaxM = 8;     // tokens per register block
 constexpr int64_t kItemRun = 16;  // consecutive work items a thread takes at a time (see the work items)
 constexpr int64_t kRunsPerThread = 2;  // decode: the items split into this many runs per thread
+constexpr int64_t kGroupRows = 4;      // rows per group of the row-group layout (gptoss_cpu_group_rows)
+constexpr int64_t kChunk = 64;         // bytes of a row per chunk of the row-group layout
+
+// Rows r0, r0 + 1, ... of one work tile (its first row a multiple of kGroupRows) in the row-group
+// layout: at(r, c) is byte c of row r0 + r.
+struct WRows {
+  const uint8_t* tile;
+  int64_t ldw;  // bytes a row (K / 2)
+  int64_t r0;
+  const uint8_t* at(int64_t r, int64_t c) const {
+    const int64_t row = r0 + r, rr = row % kGroupRows, full = ldw / kChunk * kChunk;
+    const uint8_t* g = tile + (row - rr) * ldw;
+    return c < full ? g + (c / kChunk) * (kChunk * kGroupRows) + rr * kChunk + c % kChunk
+                    : g + full * kGroupRows + rr * (ldw - full) + (c - full);
+  }
+};
 
 const float kE2M1[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
                          -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
@@ -87,11 +111,10 @@ inline int64_t perm_pos(int64_t c) {
 }
 
 // --------------------------------------------------------------------------------- fp32 dot tiles
-// out[r * M + m] = sum_k W[r, k] * X_m[k] for R rows starting at w (row stride ldw bytes, scale row
-// stride lds) and M activation rows xs[m] (fp32, even/odd-split layout), nb blocks of 32.
+// out[r * M + m] = sum_k W[r, k] * X_m[k] for R rows w (scale rows at s, row stride lds) and M
+// activation rows xs[m] (fp32, even/odd-split layout), nb blocks of 32.
 template <int R, int M>
-void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb,
-             const float* const* xs, float* out) {
+void dot_f32(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const float* const* xs, float* out) {
 #if defined(GK_AVX512)
   const __m512 lut = _mm512_loadu_ps(kE2M1);
   __m512 acc[R][M];
@@ -104,7 +127,7 @@ void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
       xo[m] = _mm512_loadu_ps(xs[m] + b * 32 + 16);
     }
     for (int r = 0; r < R; ++r) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
       __m512 ls = _mm512_mul_ps(lut, _mm512_set1_ps(kScale.v[s[r * lds + b]]));
       __m512 wl = _mm512_permutexvar_ps(v, ls);                         // low nibbles: even elements
       __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), ls);   // high nibbles: odd elements
@@ -124,7 +147,7 @@ void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     for (int r = 0; r < R; ++r) {
-      __m128i c = _mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16));
+      __m128i c = _mm_loadu_si128((const __m128i*)w.at(r, b * 16));
       __m256 ms = _mm256_mul_ps(mag, _mm256_set1_ps(kScale.v[s[r * lds + b]]));
       for (int h = 0; h < 2; ++h) {
         __m256i v = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(c, 8) : c);
@@ -153,7 +176,7 @@ void dot_f32(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
         const float sc = kScale.v[s[r * lds + b]];
-        const uint8_t* wb = w + r * ldw + b * 16;
+        const uint8_t* wb = w.at(r, b * 16);
         const float* xb = xs[m] + b * 32;
         for (int i = 0; i < 16; ++i)
           acc += kE2M1[wb[i] & 15] * sc * xb[i] + kE2M1[wb[i] >> 4] * sc * xb[16 + i];
@@ -222,8 +245,7 @@ alignas(32) const int8_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, 
 constexpr int kQ16PrefetchAhead = 2;
 
 template <int R, int M>
-void dot_q16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const Q16Row* xs,
-             float* out) {
+void dot_q16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const Q16Row* xs, float* out) {
   const __m256i lut = _mm256_load_si256((const __m256i*)kE2M1x2);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i nibble_hi_lane = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
@@ -240,11 +262,11 @@ void dot_q16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64
     if ((b & 3) == 0) {  // one cache line of each row kQ16PrefetchAhead register blocks further on
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
-        _mm_prefetch((const char*)(w + (r + kQ16PrefetchAhead * R) * ldw + b * 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(w.at(r, b * 16) + kQ16PrefetchAhead * R * w.ldw), _MM_HINT_T0);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
+      const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
       const __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srlv_epi32(c, nibble_hi_lane), m4));
       const __m256i w0 = _mm256_unpacklo_epi8(zero, wv), w1 = _mm256_unpackhi_epi8(zero, wv);
       const __m256 ws = _mm256_broadcast_ss(&kScale.v[s[r * lds + b]]);
@@ -341,8 +363,7 @@ const Bf16Table kE2M1Bf16;
 
 // As dot_f32 with bf16 activations in natural order (xs[m]: K bf16 values).
 template <int R, int M>
-void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb,
-              const uint16_t* const* xs, float* out) {
+void dot_bf16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const uint16_t* const* xs, float* out) {
   const __m512i lut = _mm512_loadu_si512(kE2M1Bf16.v);
   // the four (+-)0 entries must stay zero when the scale is added to the exponent bits
   const __mmask32 nonzero = ~((1u << 0) | (1u << 8) | (1u << 16) | (1u << 24));
@@ -353,7 +374,7 @@ void dot_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int6
     __m512bh xv[M];  // the block's activations stay in registers across the R rows
     for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
     for (int r = 0; r < R; ++r) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
       // dword j = code byte j: low word indexes its low nibble (element 2j), high word its high
       // nibble (element 2j+1): the pair vdpbf16ps multiplies with activations 2j, 2j+1.
       __m512i idx = _mm512_or_si512(v, _mm512_slli_epi32(v, 12));
@@ -440,9 +461,9 @@ inline bool nib_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
 }
 
 // Prefetch: the R rows of a register block are adjacent in memory, and so are the blocks that
-// follow (the rest of the tile, then the expert's next tile), so while a block runs, the block
-// kNibPrefetchBlocks further on is prefetched, one cache line per row and group (R x groups lines
-// cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPU measured does not run that
+// follow (the rest of the tile, then the expert's next tile), so while a block runs, the bytes
+// kNibPrefetchBlocks blocks further on are prefetched, one cache line per row and group (R x groups
+// lines cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPU measured does not run that
 // far ahead of the R interleaved row streams (AMD Zen 5, one MoE layer at one token from DRAM, 2
 // threads: 26 GB/s without software prefetch, 28 with each row's line 8 groups ahead, 31-34 with
 // the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). A prefetch past the
@@ -451,8 +472,8 @@ constexpr int kNibPrefetchBlocks = 4;
 
 // As dot_bf16, activations xs[m] in the nibble layout (nib_len(K) values each).
 template <int R, int M>
-void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb,
-                  const uint16_t* const* xs, float* out) {
+void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const uint16_t* const* xs,
+                  float* out) {
   const __m512i table = _mm512_load_si512(kNib.w);
   // lane k of the broadcast scale dword -> byte 2 of each of its dwords (then << 7: the exponent)
   const __m512i sc_idx = _mm512_set_epi32(0x80038080, 0x80038080, 0x80038080, 0x80038080,
@@ -464,12 +485,19 @@ void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which)
-  auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes) __attribute__((always_inline)) {
+  // row r's chunk g is at rows[r] + g * step (row-group layout); R <= kGroupRows rows of one group
+  static_assert(kGroupRows % R == 0, "a register block lies in one row group");
+  const uint8_t* const row0 = w.at(0, 0);  // rows r of the block: row0 + r * kChunk + g * step
+  const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
+  // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
+  // of row r at base + r * rstride
+  auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes, const uint8_t* base, int64_t rstride)
+      __attribute__((always_inline)) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch((const char*)(w + kNibPrefetchBlocks * R * ldw + (g * R + r) * 64), _MM_HINT_T0);
-      const __m512i c = _mm512_maskz_loadu_epi8(cmask, w + r * ldw + g * 64);
+      const uint8_t* cp = base + r * rstride;
+      _mm_prefetch((const char*)(cp + ahead), _MM_HINT_T0);
+      const __m512i c = _mm512_maskz_loadu_epi8(cmask, cp);
       const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(c, table);
       const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
       const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 8), table);
@@ -493,14 +521,15 @@ void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, 
     }
   };
   const int64_t full = nb / 4, left = nb % 4;
-  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr);
+  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr, row0 + g * step, kChunk);
   if (left) {  // missing blocks: zero codes and activations, scale 1
     uint32_t sbytes[R];
     for (int r = 0; r < R; ++r) {
       sbytes[r] = 0x7f7f7f7fu;
       std::memcpy(&sbytes[r], s + r * lds + full * 4, size_t(left));
     }
-    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes);
+    // the rows' partial chunks, after the group's whole ones, left * 16 bytes each
+    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes, w.at(0, full * kChunk), left * 16);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -514,13 +543,13 @@ void dot_bf16_nib(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, 
 // order, scale folded in; 32 x K x 2 bytes, L2-resident), then a plain bf16 register-blocked GEMM
 // over all of the expert's tokens. Returns false (nothing written) if a scale of the tile is outside
 // [2, 252]: those tiles take the in-register path, which handles extreme scales exactly.
-bool dequant_tile_bf16(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, uint16_t* dst) {
+bool dequant_tile_bf16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, uint16_t* dst) {
   if (!scales_in_range(s, lds, kTile, nb, 2, 252)) return false;
   const __m512i lut = _mm512_loadu_si512(kE2M1Bf16.v);
   const __mmask32 nonzero = ~((1u << 0) | (1u << 8) | (1u << 16) | (1u << 24));
   for (int r = 0; r < kTile; ++r)
     for (int64_t b = 0; b < nb; ++b) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(w + r * ldw + b * 16)));
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
       __m512i idx = _mm512_or_si512(v, _mm512_slli_epi32(v, 12));
       __m512i ls = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(int16_t((s[r * lds + b] - 127) << 7)));
       _mm512_storeu_si512(dst + (r * nb + b) * 32, _mm512_permutexvar_epi16(idx, ls));
@@ -589,23 +618,21 @@ inline bool to_nib_or_false(const uint16_t* x, int64_t n, uint16_t* dst) {
 }
 
 // Runtime M -> template; R = 4 rows for up to 4 tokens, 2 rows above (register budget: R*M <= 16
-// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8). bf16 (RB) with one token: one row at
-// a time, so that each thread reads one sequential stream (a tile's rows lie one after another)
-// instead of R streams a row apart; the hardware prefetcher follows one stream better (Zen 5, one
-// token from DRAM, 2 threads, same process, with the runs below: 1.10x over 4 rows).
+// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8). A block of 4 rows is one row group
+// of the weight layout: one sequential stream.
 // xn: the same activation rows in the nibble layout for dot_bf16_nib (bf16 mode; a null row: that
 // group of rows takes dot_bf16).
 inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const void* const* xs,
                      const void* const* xn, int M, float* out /* [kTile][M] for the tile's rows */, Mode mode) {
-#define GK_CASE(MM, RR, RB, RQ)                                                                  \
+#define GK_CASE(MM, RR, RQ)                                                                      \
   case MM:                                                                                       \
     if (mode == kQ16) {                                                                          \
       GK_Q16_CALL(RQ, MM)                                                                        \
     } else if (mode == kBf16) {                                                                  \
-      for (int r0 = 0; r0 < kTile; r0 += RB) GK_BF16_CALL(RB, MM)                                \
+      for (int r0 = 0; r0 < kTile; r0 += RR) GK_BF16_CALL(RR, MM)                                \
     } else {                                                                                     \
       for (int r0 = 0; r0 < kTile; r0 += RR)                                                     \
-        dot_f32<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const float* const*)xs,       \
+        dot_f32<RR, MM>(WRows{w, ldw, r0}, s + r0 * lds, lds, nb, (const float* const*)xs,      \
                         out + r0 * MM);                                                          \
     }                                                                                            \
     break;
@@ -613,10 +640,10 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 #define GK_BF16_CALL(RR, MM)                                                                        \
   {                                                                                                 \
     if (all_rows(xn, MM) && nib_scales_ok(s + r0 * lds, lds, RR, nb))                               \
-      dot_bf16_nib<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const uint16_t* const*)xn,   \
+      dot_bf16_nib<RR, MM>(WRows{w, ldw, r0}, s + r0 * lds, lds, nb, (const uint16_t* const*)xn,  \
                            out + r0 * MM);                                                          \
     else                                                                                            \
-      dot_bf16<RR, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, (const uint16_t* const*)xs,       \
+      dot_bf16<RR, MM>(WRows{w, ldw, r0}, s + r0 * lds, lds, nb, (const uint16_t* const*)xs,      \
                        out + r0 * MM);                                                              \
   }
 #else
@@ -630,23 +657,23 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
     for (int m = 0; m < MM; ++m) rows[m] = *(const Q16Row*)xs[m], xf[m] = rows[m].xf;            \
     for (int r0 = 0; r0 < kTile; r0 += RQ) {                                                     \
       if (q16_scales_ok(s + r0 * lds, lds, RQ, nb))                                              \
-        dot_q16<RQ, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, rows, out + r0 * MM);          \
+        dot_q16<RQ, MM>(WRows{w, ldw, r0}, s + r0 * lds, lds, nb, rows, out + r0 * MM);         \
       else                                                                                       \
-        dot_f32<RQ, MM>(w + r0 * ldw, s + r0 * lds, ldw, lds, nb, xf, out + r0 * MM);            \
+        dot_f32<RQ, MM>(WRows{w, ldw, r0}, s + r0 * lds, lds, nb, xf, out + r0 * MM);           \
     }                                                                                            \
   }
 #else
 #define GK_Q16_CALL(RQ, MM) {}
 #endif
   switch (M) {
-    GK_CASE(1, 4, 1, 4)
-    GK_CASE(2, 4, 4, 4)
-    GK_CASE(3, 4, 4, 2)
-    GK_CASE(4, 4, 4, 2)
-    GK_CASE(5, 2, 2, 1)
-    GK_CASE(6, 2, 2, 1)
-    GK_CASE(7, 2, 2, 1)
-    GK_CASE(8, 2, 2, 1)
+    GK_CASE(1, 4, 4)
+    GK_CASE(2, 4, 4)
+    GK_CASE(3, 4, 2)
+    GK_CASE(4, 4, 2)
+    GK_CASE(5, 2, 1)
+    GK_CASE(6, 2, 1)
+    GK_CASE(7, 2, 1)
+    GK_CASE(8, 2, 1)
     default:
       break;
   }
@@ -673,7 +700,7 @@ void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb
   if (mode == kBf16 && je - jb >= kScratchMin) {
     thread_local std::vector<uint16_t> scratch;
     scratch.resize((size_t)kTile * nb * 32);
-    if (dequant_tile_bf16(w, s, ldw, nb, nb, scratch.data())) {
+    if (dequant_tile_bf16(WRows{w, ldw, 0}, s, nb, nb, scratch.data())) {
       for (int64_t j0 = jb; j0 < je; j0 += 4) {
         const int M = (int)std::min<int64_t>(4, je - j0);
         for (int m = 0; m < M; ++m) xs[m] = xptr(j0 + m);
@@ -696,6 +723,10 @@ void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb
 }  // namespace
 
 extern "C" {
+
+// The row-group layout of the expert codes that gptoss_cpu_moe reads: rows per group, bytes a chunk.
+int gptoss_cpu_group_rows() { return int(kGroupRows); }
+int gptoss_cpu_chunk_bytes() { return int(kChunk); }
 
 // Bit 0: AVX-512 fp32 path, bit 1: AVX512_BF16 path, bit 2: AVX2 path (none set: scalar).
 int gptoss_cpu_features() {
@@ -790,9 +821,8 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
   // -> 57-61 GB/s with runs of 16-64; BENCHMARKS.md). When every expert has few tokens (decode), the
   // items cost alike and the runs are as long as they can be: kRunsPerThread per thread (each thread
   // streams long stretches, and no thread is left with a last run of 16 while the other waits; Zen
-  // 5, one token, same process: 1.02-1.10x over runs of 16, with one row at a time and the vpermw
-  // decode 1.10-1.13x, BENCHMARKS.md); otherwise runs of kItemRun, which balance experts of unequal
-  // token counts.
+  // 5, one token, same process: 1.02-1.10x over runs of 16); otherwise runs of kItemRun, which
+  // balance experts of unequal token counts.
   std::vector<std::pair<int32_t, int32_t>> items1, items2;
   for (int64_t e = 0; e < E; ++e) {
     if (off[e + 1] == off[e]) continue;
