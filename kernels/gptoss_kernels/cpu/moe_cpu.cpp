@@ -84,6 +84,32 @@ struct WRows {
     return c < full ? g + (c / kChunk) * (kChunk * kGroupRows) + rr * kChunk + c % kChunk
                     : g + full * kGroupRows + rr * (ldw - full) + (c - full);
   }
+  // The 16-byte blocks of the rows r0 .. r0 + R - 1, R dividing kGroupRows and r0 a multiple of R
+  // (so the rows are in one row group): blocks().at(b).row(r) is row r's block b. The addresses
+  // are set up once per call and cost a few integer operations per block for all R rows, so the
+  // loops over blocks stay about as cheap as on the checkpoint order.
+  struct Block {
+    const uint8_t* p;
+    int64_t stride;
+    const uint8_t* row(int r) const { return p + r * stride; }
+  };
+  struct Blocks {
+    const uint8_t* head;  // row r0's first chunk
+    const uint8_t* tail;  // row r0's partial last chunk
+    uint64_t whole;       // blocks in whole chunks (4 a chunk)
+    int64_t tail_stride;  // bytes from one row's partial chunk to the next one's
+    Block at(int64_t b) const {
+      const uint64_t u = uint64_t(b);
+      return u < whole ? Block{head + (u / 4) * (kChunk * kGroupRows) + (u % 4) * 16, kChunk}
+                       : Block{tail + (u - whole) * 16, tail_stride};
+    }
+  };
+  Blocks blocks() const {
+    static_assert(kChunk == 64, "4 blocks of 16 bytes a chunk");
+    const int64_t rr = r0 % kGroupRows, full = ldw / kChunk * kChunk;
+    const uint8_t* g = tile + (r0 - rr) * ldw;
+    return {g + rr * kChunk, g + full * kGroupRows + rr * (ldw - full), uint64_t(full / 16), ldw - full};
+  }
 };
 
 const float kE2M1[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
@@ -114,20 +140,22 @@ inline int64_t perm_pos(int64_t c) {
 // out[r * M + m] = sum_k W[r, k] * X_m[k] for R rows w (scale rows at s, row stride lds) and M
 // activation rows xs[m] (fp32, even/odd-split layout), nb blocks of 32.
 template <int R, int M>
-void dot_f32(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const float* const* xs, float* out) {
+void dot_f32(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const float* const* xs, float* out) {
 #if defined(GK_AVX512)
   const __m512 lut = _mm512_loadu_ps(kE2M1);
   __m512 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  const WRows::Blocks wb = w.blocks();
   for (int64_t b = 0; b < nb; ++b) {
     __m512 xe[M], xo[M];  // the block's activations stay in registers across the R rows
     for (int m = 0; m < M; ++m) {
       xe[m] = _mm512_loadu_ps(xs[m] + b * 32);
       xo[m] = _mm512_loadu_ps(xs[m] + b * 32 + 16);
     }
+    const WRows::Block blk = wb.at(b);
     for (int r = 0; r < R; ++r) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk.row(r)));
       __m512 ls = _mm512_mul_ps(lut, _mm512_set1_ps(kScale.v[s[r * lds + b]]));
       __m512 wl = _mm512_permutexvar_ps(v, ls);                         // low nibbles: even elements
       __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), ls);   // high nibbles: odd elements
@@ -145,9 +173,11 @@ void dot_f32(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const fl
   __m256 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const WRows::Blocks wb = w.blocks();
   for (int64_t b = 0; b < nb; ++b) {
+    const WRows::Block blk = wb.at(b);
     for (int r = 0; r < R; ++r) {
-      __m128i c = _mm_loadu_si128((const __m128i*)w.at(r, b * 16));
+      __m128i c = _mm_loadu_si128((const __m128i*)blk.row(r));
       __m256 ms = _mm256_mul_ps(mag, _mm256_set1_ps(kScale.v[s[r * lds + b]]));
       for (int h = 0; h < 2; ++h) {
         __m256i v = _mm256_cvtepu8_epi32(h ? _mm_srli_si128(c, 8) : c);
@@ -176,7 +206,7 @@ void dot_f32(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const fl
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
         const float sc = kScale.v[s[r * lds + b]];
-        const uint8_t* wb = w.at(r, b * 16);
+        const uint8_t* wb = w.blocks().at(b).row(r);
         const float* xb = xs[m] + b * 32;
         for (int i = 0; i < 16; ++i)
           acc += kE2M1[wb[i] & 15] * sc * xb[i] + kE2M1[wb[i] >> 4] * sc * xb[16 + i];
@@ -245,7 +275,7 @@ alignas(32) const int8_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, 
 constexpr int kQ16PrefetchAhead = 2;
 
 template <int R, int M>
-void dot_q16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const Q16Row* xs, float* out) {
+void dot_q16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const Q16Row* xs, float* out) {
   const __m256i lut = _mm256_load_si256((const __m256i*)kE2M1x2);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i nibble_hi_lane = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
@@ -255,18 +285,20 @@ void dot_q16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const Q1
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const WRows::Blocks wb = w.blocks();
   for (int64_t b = 0; b < nb; ++b) {
     __m256 hv[M];
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) hv[m] = _mm256_broadcast_ss(xs[m].half + b);
+    const WRows::Block blk = wb.at(b);
     if ((b & 3) == 0) {  // one cache line of each row kQ16PrefetchAhead register blocks further on
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r)
-        _mm_prefetch((const char*)(w.at(r, b * 16) + kQ16PrefetchAhead * R * w.ldw), _MM_HINT_T0);
+        _mm_prefetch((const char*)(blk.row(r) + kQ16PrefetchAhead * R * w.ldw), _MM_HINT_T0);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
+      const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)blk.row(r)));
       const __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srlv_epi32(c, nibble_hi_lane), m4));
       const __m256i w0 = _mm256_unpacklo_epi8(zero, wv), w1 = _mm256_unpackhi_epi8(zero, wv);
       const __m256 ws = _mm256_broadcast_ss(&kScale.v[s[r * lds + b]]);
@@ -363,18 +395,20 @@ const Bf16Table kE2M1Bf16;
 
 // As dot_f32 with bf16 activations in natural order (xs[m]: K bf16 values).
 template <int R, int M>
-void dot_bf16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const uint16_t* const* xs, float* out) {
+void dot_bf16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const uint16_t* const* xs, float* out) {
   const __m512i lut = _mm512_loadu_si512(kE2M1Bf16.v);
   // the four (+-)0 entries must stay zero when the scale is added to the exponent bits
   const __mmask32 nonzero = ~((1u << 0) | (1u << 8) | (1u << 16) | (1u << 24));
   __m512 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  const WRows::Blocks wb = w.blocks();
   for (int64_t b = 0; b < nb; ++b) {
     __m512bh xv[M];  // the block's activations stay in registers across the R rows
     for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
+    const WRows::Block blk = wb.at(b);
     for (int r = 0; r < R; ++r) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk.row(r)));
       // dword j = code byte j: low word indexes its low nibble (element 2j), high word its high
       // nibble (element 2j+1): the pair vdpbf16ps multiplies with activations 2j, 2j+1.
       __m512i idx = _mm512_or_si512(v, _mm512_slli_epi32(v, 12));
@@ -543,17 +577,30 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
 // order, scale folded in; 32 x K x 2 bytes, L2-resident), then a plain bf16 register-blocked GEMM
 // over all of the expert's tokens. Returns false (nothing written) if a scale of the tile is outside
 // [2, 252]: those tiles take the in-register path, which handles extreme scales exactly.
-bool dequant_tile_bf16(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, uint16_t* dst) {
+bool dequant_tile_bf16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, uint16_t* dst) {
   if (!scales_in_range(s, lds, kTile, nb, 2, 252)) return false;
   const __m512i lut = _mm512_loadu_si512(kE2M1Bf16.v);
   const __mmask32 nonzero = ~((1u << 0) | (1u << 8) | (1u << 16) | (1u << 24));
-  for (int r = 0; r < kTile; ++r)
-    for (int64_t b = 0; b < nb; ++b) {
-      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w.at(r, b * 16)));
-      __m512i idx = _mm512_or_si512(v, _mm512_slli_epi32(v, 12));
-      __m512i ls = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(int16_t((s[r * lds + b] - 127) << 7)));
-      _mm512_storeu_si512(dst + (r * nb + b) * 32, _mm512_permutexvar_epi16(idx, ls));
+  // in the weights' order: per row group, chunk by chunk (each 4 rows x 4 blocks, 256 bytes), then
+  // the rows' partial chunks; each row's bf16 blocks go to its own row of dst
+  auto one = [&](const uint8_t* src, int r, int64_t b) __attribute__((always_inline)) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)src));
+    __m512i idx = _mm512_or_si512(v, _mm512_slli_epi32(v, 12));
+    __m512i ls = _mm512_mask_add_epi16(lut, nonzero, lut, _mm512_set1_epi16(int16_t((s[r * lds + b] - 127) << 7)));
+    _mm512_storeu_si512(dst + (r * nb + b) * 32, _mm512_permutexvar_epi16(idx, ls));
+  };
+  for (int r0 = 0; r0 < kTile; r0 += kGroupRows) {
+    const WRows::Blocks wb = WRows{w.tile, w.ldw, w.r0 + r0}.blocks();
+    for (int64_t b0 = 0; b0 < int64_t(wb.whole); b0 += 4) {
+      const WRows::Block blk = wb.at(b0);
+      for (int rr = 0; rr < kGroupRows; ++rr)
+        for (int j = 0; j < 4; ++j) one(blk.row(rr) + 16 * j, r0 + rr, b0 + j);
     }
+    for (int64_t b = int64_t(wb.whole); b < nb; ++b) {
+      const WRows::Block blk = wb.at(b);
+      for (int rr = 0; rr < kGroupRows; ++rr) one(blk.row(rr), r0 + rr, b);
+    }
+  }
   return true;
 }
 
