@@ -169,13 +169,17 @@ def make_ours(w: dict):
 
 def make_native(w: dict):
     """Our native kernel exactly as `GptOssMxfp4MoEMethod.apply` calls it on the CPU: the
-    `vllm_gptoss::moe_cpu_native` op on the layer's MXFP4 parameters in place, float32 biases."""
+    `vllm_gptoss::moe_cpu_native` op on the layer's MXFP4 parameters in place (the E2M1 codes
+    rewritten into the kernel's row-group layout once, as at model load), float32 biases."""
+    from types import SimpleNamespace
+
     from vllm_gptoss import moe_ops
 
     native = moe_ops.cpu_native_kernel()
     if native is None:
         raise SystemExit("the native CPU kernel is not available here (see the warning above)")
-    b13, b2 = w["w13_bias"].float().contiguous(), w["w2_bias"].float().contiguous()
+    prepared = moe_ops.CpuNativeWeights(SimpleNamespace(**w), native)  # packs w13 / w2 in place
+    b13, b2 = prepared.w13_bias, prepared.w2_bias
 
     def run(x, topk_weights, topk_ids, poison=False):
         return moe_ops.cpu_native_moe(x, topk_weights, topk_ids, w["w13_weight"], w["w13_weight_scale"], b13,
