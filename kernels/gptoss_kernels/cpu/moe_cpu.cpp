@@ -30,7 +30,7 @@
 // rows): Zen 5, one token from DRAM, 2 threads, same process, 1.03-1.09x over the checkpoint order
 // read one row at a time; with the vpermw decode and the long runs below, 1.13-1.16x over the kernel
 // before them, 88-97% of oneDNN's bf16 GEMV rate on as many bytes (BENCHMARKS.md). 16-byte blocks and
-// 64-byte chunks stay contiguous, so every path reads them as before, through WRows::at.
+// 64-byte chunks stay contiguous, so every path reads them as before, through WRows::blocks.
 //
 // One call: route (CSR of slots per expert), gate_up over (expert, 32-row tile) work items with
 // bias + clamped SwiGLU in the epilogue, down over (expert, 32-row tile) items with bias and the
@@ -73,17 +73,11 @@ constexpr int64_t kGroupRows = 4;      // rows per group of the row-group layout
 constexpr int64_t kChunk = 64;         // bytes of a row per chunk of the row-group layout
 
 // Rows r0, r0 + 1, ... of one work tile (its first row a multiple of kGroupRows) in the row-group
-// layout: at(r, c) is byte c of row r0 + r.
+// layout.
 struct WRows {
   const uint8_t* tile;
   int64_t ldw;  // bytes a row (K / 2)
   int64_t r0;
-  const uint8_t* at(int64_t r, int64_t c) const {
-    const int64_t row = r0 + r, rr = row % kGroupRows, full = ldw / kChunk * kChunk;
-    const uint8_t* g = tile + (row - rr) * ldw;
-    return c < full ? g + (c / kChunk) * (kChunk * kGroupRows) + rr * kChunk + c % kChunk
-                    : g + full * kGroupRows + rr * (ldw - full) + (c - full);
-  }
   // The 16-byte blocks of the rows r0 .. r0 + R - 1, R dividing kGroupRows and r0 a multiple of R
   // (so the rows are in one row group): blocks().at(b).row(r) is row r's block b. The addresses
   // are set up once per call and cost a few integer operations per block for all R rows, so the
@@ -201,12 +195,13 @@ void dot_f32(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const float* co
       out[r * M + m] = _mm_cvtss_f32(q);
     }
 #else
+  const WRows::Blocks blocks = w.blocks();
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       float acc = 0.f;
       for (int64_t b = 0; b < nb; ++b) {
         const float sc = kScale.v[s[r * lds + b]];
-        const uint8_t* wb = w.blocks().at(b).row(r);
+        const uint8_t* wb = blocks.at(b).row(r);
         const float* xb = xs[m] + b * 32;
         for (int i = 0; i < 16; ++i)
           acc += kE2M1[wb[i] & 15] * sc * xb[i] + kE2M1[wb[i] >> 4] * sc * xb[16 + i];
@@ -521,7 +516,7 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   // row r's chunk g is at rows[r] + g * step (row-group layout); R <= kGroupRows rows of one group
   static_assert(kGroupRows % R == 0, "a register block lies in one row group");
-  const uint8_t* const row0 = w.at(0, 0);  // rows r of the block: row0 + r * kChunk + g * step
+  const WRows::Blocks wb = w.blocks();  // rows r of the block: wb.head + r * kChunk + g * step
   const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
   // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
   // of row r at base + r * rstride
@@ -555,7 +550,7 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
     }
   };
   const int64_t full = nb / 4, left = nb % 4;
-  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr, row0 + g * step, kChunk);
+  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr, wb.head + g * step, kChunk);
   if (left) {  // missing blocks: zero codes and activations, scale 1
     uint32_t sbytes[R];
     for (int r = 0; r < R; ++r) {
@@ -563,7 +558,7 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
       std::memcpy(&sbytes[r], s + r * lds + full * 4, size_t(left));
     }
     // the rows' partial chunks, after the group's whole ones, left * 16 bytes each
-    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes, w.at(0, full * kChunk), left * 16);
+    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes, wb.tail, wb.tail_stride);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
