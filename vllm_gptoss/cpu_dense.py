@@ -9,7 +9,15 @@ machine (BENCHMARKS.md): at gpt-oss-20b shape the attention projections and the 
 then take most of a decode step. Where vLLM fell back that way, the layer's GEMM becomes the native
 kernel's `linear` (gptoss_kernels/cpu/linear_cpu.cpp: the bf16 weight read in place, float32 math),
 registered as a torch custom op so that vLLM's torch.compile keeps it as one call.
-VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice (and the MoE on the torch path).
+
+On CPUs with AVX512_BF16, where vLLM-CPU packs each layer's weight for oneDNN and drops the
+original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
+without oneDNN's packed copy (the same bytes): calls of a few tokens (decode) run the native GEMV
+(linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; 1.08-1.33x oneDNN's GEMV
+on AMD Zen 5, BENCHMARKS.md), more tokens torch's linear, which is oneDNN's matmul on the plain
+weight (within 3% of the packed one at 256 tokens, 17-33% slower at 64, measured there).
+VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM there (`all`: small models' layers too);
+VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice everywhere (and the MoE on the torch path).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import torch
 
 from . import vllm_compat
+from .envs import CPU_DENSE_GEMV as CPU_DENSE_GEMV_ENV
 from .envs import CPU_NATIVE as CPU_NATIVE_ENV
 from .moe_ops import cpu_native_kernel
 
@@ -39,6 +48,60 @@ def cpu_native_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 @cpu_native_linear.register_fake
 def _(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+# Below this, a call's fixed cost (~20 us through the op and ctypes) outweighs what streaming saves.
+GEMV_MIN_WEIGHT_BYTES = 1 << 20
+
+
+@torch.library.custom_op("vllm_gptoss::linear_cpu_gemv_or_torch", mutates_args=())
+def cpu_gemv_or_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       bias32: torch.Tensor | None) -> torch.Tensor:
+    """torch's linear(x, weight, bias), by the native GEMV when x has few tokens (bias32: the bias in
+    float32, as the GEMV adds it)."""
+    native = cpu_native_kernel()
+    if native is None:
+        raise RuntimeError("the native CPU kernels are not available (see the warning at load)")
+    if x.dtype == torch.bfloat16 and x.numel() <= native.gemv_max_tokens * x.shape[-1]:
+        return native.linear(x, weight, bias32)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@cpu_gemv_or_linear.register_fake
+def _(x, weight, bias, bias32):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def maybe_take_gemm(layer: torch.nn.Module) -> bool:
+    """Before vLLM's GEMM dispatch for `layer` (which would pack the weight for oneDNN and drop the
+    original): on CPUs whose native build has the bf16 decode GEMV, give the layer that GEMV for few
+    tokens and torch's linear for more, on its weight as loaded. Returns whether it did (then vLLM's
+    dispatch must not run)."""
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        return False
+    if os.environ.get(CPU_NATIVE_ENV, "1") == "0" or os.environ.get(CPU_DENSE_GEMV_ENV, "1") == "0":
+        return False
+    setting = os.environ.get(CPU_DENSE_GEMV_ENV, "1")
+    if weight.shape[1] % 32 or (setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES):
+        return False
+    native = cpu_native_kernel()
+    if native is None or native.gemv_max_tokens == 0:
+        return False
+    w = weight.detach().contiguous()
+    own_bias = getattr(layer, "bias", None)
+    bias32 = None if own_bias is None else own_bias.detach().to(torch.float32)
+
+    def gemm(x, weight, bias):
+        # vLLM passes the layer's bias, or None (row-parallel ranks > 0, skip_bias_add)
+        if bias is None:
+            return cpu_gemv_or_linear(x, w, None, None)
+        return cpu_gemv_or_linear(x, w, bias, bias32 if bias is own_bias else bias.to(torch.float32))
+
+    vllm_compat.set_cpu_gemm(layer, gemm)
+    setattr(layer, NATIVE_GEMM_ATTR, True)
+    logger.debug("vllm-gptoss: native bf16 decode GEMV for %s %s", type(layer).__name__, tuple(w.shape))
+    return True
 
 
 def maybe_use_native_linear(layer: torch.nn.Module) -> bool:

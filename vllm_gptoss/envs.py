@@ -13,6 +13,7 @@ DISABLE = "VLLM_GPTOSS_DISABLE"
 STRICT_VLLM_VERSION = "VLLM_GPTOSS_STRICT_VLLM_VERSION"
 TRITON_MOE = "VLLM_GPTOSS_TRITON_MOE"
 CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
+CPU_DENSE_GEMV = "VLLM_GPTOSS_CPU_DENSE_GEMV"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
 LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
@@ -27,6 +28,9 @@ ENV_VARS = {
                          "(default: one warning naming both versions)",
     TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
     CPU_NATIVE: "0: no native (C++) CPU kernels: the torch MXFP4 MoE path, and vLLM's own GEMMs for the bf16 layers",
+    CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX512_BF16 "
+                    "CPUs (default: the native decode GEMV for few tokens, torch's linear for more, on layers of "
+                    ">= 1 MiB; all: smaller ones too)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
     LEGACY_TOOL_CALL_HEADERS: "1: render past tool calls in prompts with vLLM's legacy header "
                               "(`assistant to=functions.f<|channel|>commentary json`) instead of harmony's",

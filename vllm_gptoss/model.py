@@ -206,7 +206,7 @@ class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
         vllm_compat.vocab_tables_packed_once(
             self.model.embed_tokens if isinstance(self.model.embed_tokens, VocabParallelEmbedding) else None,
             self.lm_head if isinstance(self.lm_head, ParallelLMHead) else None,
-            after_gemm=cpu_dense.maybe_use_native_linear)
+            before_gemm=cpu_dense.maybe_take_gemm, after_gemm=cpu_dense.maybe_use_native_linear)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:

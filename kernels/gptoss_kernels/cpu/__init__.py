@@ -155,6 +155,9 @@ class NativeKernels:
         lin.restype = ctypes.c_int
         lin.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64, i64]
         self._linear = lin
+        # bf16 calls of at most this many tokens (K a multiple of 32) take the decode GEMV, which
+        # streams the weights faster than oneDNN's (linear_cpu.cpp); 0 on builds without AVX512_BF16
+        self.gemv_max_tokens = self.lib.gptoss_cpu_gemv_max_tokens()
 
     @property
     def isa(self) -> str:

@@ -13,6 +13,18 @@
 #include <immintrin.h>
 #endif
 
+// The instruction-set paths a build has (-march=native picks them): AVX-512 (F + BW) fp32 path,
+// AVX512_BF16 dot products on top of it, else AVX2 + FMA; none: scalar.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define GK_AVX512 1
+#endif
+#if defined(GK_AVX512) && defined(__AVX512BF16__)
+#define GK_BF16 1
+#endif
+#if !defined(GK_AVX512) && defined(__AVX2__) && defined(__FMA__)
+#define GK_AVX2 1
+#endif
+
 namespace gk {
 
 inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)
@@ -64,6 +76,19 @@ void run_item_runs(int64_t n, int64_t chunk, const F& f) {
   run_items(runs, [&](int64_t c) {
     for (int64_t i = c * chunk, e = std::min(n, (c + 1) * chunk); i < e; ++i) f(i);
   });
+}
+
+// f(begin, end) once per thread of the caller's OpenMP runtime, on consecutive equal stretches of
+// [0, n): each thread streams one contiguous range (for memory-bound loops over adjacent rows,
+// whose prefetches then fetch what the same thread reads next).
+template <typename F>
+void run_stretches(int64_t n, const F& f) {
+  const int nth = (int)std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n, 1));
+#pragma omp parallel num_threads(nth)
+  {
+    const int64_t t = omp_get_thread_num();
+    f(n * t / nth, n * (t + 1) / nth);
+  }
 }
 
 }  // namespace gk

@@ -50,17 +50,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_common.h"
-
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#define GK_AVX512 1
-#endif
-#if defined(GK_AVX512) && defined(__AVX512BF16__)
-#define GK_BF16 1
-#endif
-#if !defined(GK_AVX512) && defined(__AVX2__) && defined(__FMA__)
-#define GK_AVX2 1
-#endif
+#include "cpu_common.h"  // GK_AVX512 / GK_BF16 / GK_AVX2: the paths this build has
 
 namespace {
 
@@ -518,6 +508,10 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
   static_assert(kGroupRows % R == 0, "a register block lies in one row group");
   const WRows::Blocks wb = w.blocks();  // rows r of the block: wb.head + r * kChunk + g * step
   const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
+  {  // the scales of the block as far ahead (R rows of lds bytes, adjacent)
+    const char* sp = (const char*)(s + kNibPrefetchBlocks * R * lds);
+    for (int64_t o = 0; o < R * lds; o += 64) _mm_prefetch(sp + o, _MM_HINT_T0);
+  }
   // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
   // of row r at base + r * rstride
   auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes, const uint8_t* base, int64_t rstride)
