@@ -10,16 +10,20 @@ then take most of a decode step. Where vLLM fell back that way, the layer's GEMM
 kernel's `linear` (gptoss_kernels/cpu/linear_cpu.cpp: the bf16 weight read in place, float32 math),
 registered as a torch custom op so that vLLM's torch.compile keeps it as one call.
 
-On CPUs with AVX512_BF16, where vLLM-CPU packs each layer's weight for oneDNN and drops the
-original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
+On CPUs with AVX512_BF16 but without AMX, where vLLM-CPU packs each layer's weight for oneDNN and
+drops the original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
 without oneDNN's packed copy (the same bytes): calls of at most 8 tokens (decode) run the native
 GEMV (linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; against oneDNN's
 packed GEMM on AMD Zen 5, BENCHMARKS.md: one or two tokens 0.97-1.33x, 4 tokens 0.89-0.99x, 8 tokens
 0.73-0.86x), more tokens torch's linear, which is oneDNN's matmul on the plain weight: 0.78-0.86x the
 packed one at 64 tokens, 0.97x at 256 (measured there). So one or two sequences decode faster and
 prefill is as fast, but 4-64 sequences decoding together run these layers up to 30% slower than
-with vLLM's GEMM: for batch serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0.
-VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM there (`all`: small models' layers too);
+with vLLM's GEMM: for batch serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0. On CPUs with AMX (Intel Xeon)
+oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
+size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the
+plain weight 0.74-0.97x at 16-64 tokens.
+VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM everywhere, `1` takes the GEMV on AMX CPUs
+too, `all` as `1` and small models' layers too;
 VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice everywhere (and the MoE on the torch path).
 """
 
@@ -107,7 +111,7 @@ def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     tokens and torch's linear for more, on its weight as loaded. Returns whether it did (then vLLM's
     dispatch must not run)."""
     weight = _bf16_cpu_weight(layer)
-    setting = os.environ.get(CPU_DENSE_GEMV_ENV, "1")
+    setting = os.environ.get(CPU_DENSE_GEMV_ENV, "auto")
     if weight is None or setting == "0" or weight.shape[1] % 32:
         return False
     if setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES:
@@ -115,6 +119,8 @@ def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     native = cpu_native_kernel()
     if native is None or native.gemv_max_tokens == 0:
         return False
+    if setting == "auto" and native.has_amx:
+        return False  # oneDNN's packed GEMM measured faster there (module docstring)
     _install(layer, weight, cpu_gemv_or_linear, "native bf16 decode GEMV")
     return True
 

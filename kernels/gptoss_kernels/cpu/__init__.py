@@ -158,6 +158,9 @@ class NativeKernels:
         # bf16 calls of at most this many tokens (K a multiple of 32) take the decode GEMV, which
         # streams the weights faster than oneDNN's (linear_cpu.cpp); 0 on builds without AVX512_BF16
         self.gemv_max_tokens = self.lib.gptoss_cpu_gemv_max_tokens()
+        # Intel AMX: there oneDNN's packed bf16 GEMM streams the dense layers faster than the GEMV
+        # (Xeon, 2026-12-06: the GEMV 0.74-1.0x at 1-8 tokens), so callers keep oneDNN's by default
+        self.has_amx = "amx_bf16" in _cpu_flags()
 
     @property
     def isa(self) -> str:
