@@ -135,6 +135,8 @@ def make_stock(w: dict):
     from vllm._custom_ops import cpu_fused_moe, cpu_prepack_moe_weight
 
     isa = stock_isa()
+    if isa == "amx":  # the tile-data permission (arch_prctl) vLLM-CPU's worker holds; without it: SIGILL
+        torch.cpu._init_amx()
     packed = {}
     for name in ("w13", "w2"):
         blocks, scales = w.pop(f"{name}_weight"), w.pop(f"{name}_weight_scale")
