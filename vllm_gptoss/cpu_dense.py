@@ -59,6 +59,8 @@ def _(x, weight, bias):
 
 # Below this, a call's fixed cost (~20 us through the op and ctypes) outweighs what streaming saves.
 GEMV_MIN_WEIGHT_BYTES = 1 << 20
+# the values VLLM_GPTOSS_CPU_DENSE_GEMV accepts (module docstring says what each does)
+GEMV_SETTINGS = ("0", "auto", "1", "all")
 
 
 @torch.library.custom_op("vllm_gptoss::linear_cpu_gemv_or_torch", mutates_args=())
@@ -110,8 +112,11 @@ def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     original): on CPUs whose native build has the bf16 decode GEMV, give the layer that GEMV for few
     tokens and torch's linear for more, on its weight as loaded. Returns whether it did (then vLLM's
     dispatch must not run)."""
+    setting = os.environ.get(CPU_DENSE_GEMV_ENV, "auto").strip().lower() or "auto"
+    if setting not in GEMV_SETTINGS:
+        raise ValueError(f"{CPU_DENSE_GEMV_ENV}={os.environ[CPU_DENSE_GEMV_ENV]!r}: expected one of "
+                         f"{', '.join(GEMV_SETTINGS)}")
     weight = _bf16_cpu_weight(layer)
-    setting = os.environ.get(CPU_DENSE_GEMV_ENV, "auto")
     if weight is None or setting == "0" or weight.shape[1] % 32:
         return False
     if setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES:

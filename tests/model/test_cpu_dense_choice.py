@@ -42,6 +42,14 @@ def test_gemv_choice(monkeypatch, setting, amx, rows, taken):
     assert getattr(layer, cpu_dense.NATIVE_GEMM_ATTR, False) is taken
 
 
+@pytest.mark.parametrize("value", ["yes", "2", "on"])
+def test_unknown_setting_is_refused(monkeypatch, value):
+    monkeypatch.setattr(cpu_dense, "cpu_native_kernel", lambda: types.SimpleNamespace(gemv_max_tokens=8, has_amx=False))
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_DENSE_GEMV", value)
+    with pytest.raises(ValueError, match=r"VLLM_GPTOSS_CPU_DENSE_GEMV='%s': expected one of 0, auto, 1, all" % value):
+        cpu_dense.maybe_take_gemm(_layer(512))
+
+
 def test_no_gemv_build_takes_nothing(monkeypatch):
     monkeypatch.setattr(cpu_dense, "cpu_native_kernel", lambda: types.SimpleNamespace(gemv_max_tokens=0, has_amx=False))
     monkeypatch.setenv("VLLM_GPTOSS_CPU_DENSE_GEMV", "all")
