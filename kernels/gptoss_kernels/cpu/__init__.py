@@ -192,21 +192,28 @@ class NativeKernels:
                              f"of 16 bytes, found {tuple(blocks.shape)}")
         return blocks.view(E, N // self.group_rows, self.group_rows, kb), kb, kb // self.chunk_bytes * self.chunk_bytes
 
-    def pack_experts(self, blocks: torch.Tensor, inplace: bool = False, experts_at_once: int = 4) -> torch.Tensor:
+    def pack_experts(self, blocks: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Checkpoint byte order of E2M1 expert codes ([E, N, K/2] or [E, N, K/32, 16] uint8) -> the
         row-group layout `moe` reads (moe_cpu.cpp): per group of `group_rows` rows, their 64-byte
         chunks interleaved, then their partial last chunks. Same shape, same bytes. `inplace`: written
-        back into `blocks`, `experts_at_once` experts at a time (the extra memory is theirs), as at
-        model load, where a second copy of the experts would not fit."""
+        back into `blocks`, as at model load, where a second copy of the experts would not fit: one
+        expert at a time through one scratch buffer of an expert's size (8 MB at 20b), written into
+        through views, so that a load leaves no freed temporaries behind: per-chunk temporaries of
+        ~33 MB here, just under glibc's 32 MiB mmap threshold, left ~1 GiB of freed heap resident after
+        a 20b load (BENCHMARKS.md, "Where the peak RSS goes")."""
         g, kb, full = self._group_view(blocks)
         out = blocks if inplace else torch.empty_like(blocks)
         dst = out.view(g.shape[0], g.shape[1], -1)
+        _, q, r = g.shape[:3]
         c = self.chunk_bytes
-        for e in range(0, g.shape[0], experts_at_once):
-            b = g[e:e + experts_at_once]
-            n, q, r = b.shape[:3]
-            main = b[..., :full].reshape(n, q, r, full // c, c).transpose(2, 3).reshape(n, q, r * full)
-            dst[e:e + experts_at_once] = torch.cat([main, b[..., full:].reshape(n, q, r * (kb - full))], dim=-1)
+        scratch = torch.empty(q, r * kb, dtype=torch.uint8)
+        main = scratch[:, :r * full].view(q, full // c, r, c)  # the groups' full chunks, interleaved
+        tail = scratch[:, r * full:].view(q, r, kb - full)      # then their partial last chunks
+        for e in range(g.shape[0]):
+            b = g[e]
+            main.copy_(b[..., :full].unflatten(-1, (full // c, c)).transpose(1, 2))
+            tail.copy_(b[..., full:])
+            dst[e].copy_(scratch)
         return out
 
     def unpack_experts(self, blocks: torch.Tensor) -> torch.Tensor:
