@@ -22,7 +22,9 @@ itself). One warm-up request, then
            time), is kept as decode_tokens_per_s_by_difference: it carries a second prefill's noise,
            which dominates when the prefill takes longer than the decode (AVX2 machines).
            llama.cpp's decode is timed around its D eval calls alone.
-Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything).
+Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything); for vLLM
+variants also by phase (imports, load, requests): peak and final anonymous and file-backed RSS
+(`memory_gib_by_phase`, from /proc/self/status every 0.1 s), which says where the peak comes from.
 `--repeat N` runs the variant list N times in turn and summarizes medians and, per cycle, each vLLM
 variant's speed over llama.cpp's in the same cycle (minutes apart, so in much the same host state).
 Bandwidth: benchmarks/cpu_moe.py's probe (best of 5 torch sums over 1 GiB, the run's threads) right
@@ -175,10 +177,73 @@ def _logged(cmd: list[str], what: str, env=None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ run
+class MemoryTrace:
+    """Where the peak RSS comes from: samples this process's /proc/self/status every 0.1 s in a
+    thread and keeps, per phase (`mark(name)` starts the next), the largest RssAnon (heap: weights,
+    KV cache, runtime buffers), RssFile (mapped file pages: the safetensors shards while loading,
+    which the kernel may drop under memory pressure) and VmRSS (their sum, what ru_maxrss peaks at),
+    and each at the phase's end. GiB."""
+
+    FIELDS = ("RssAnon", "RssFile", "VmRSS")
+
+    def __init__(self, period_s: float = 0.1):
+        import threading
+
+        self.phases: dict[str, dict] = {}
+        self._phase = "imports"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._new_phase("imports")
+        self._thread = threading.Thread(target=self._loop, args=(period_s,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def read() -> dict[str, float]:
+        out = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in MemoryTrace.FIELDS:
+                out[key] = int(rest.split()[0]) * 1024 / 2**30  # kB
+        return out
+
+    def _new_phase(self, name: str) -> None:
+        now = self.read()
+        self.phases[name] = {"peak": dict(now), "end": dict(now)}
+        self._phase = name
+
+    def _sample(self) -> None:
+        now = self.read()
+        with self._lock:
+            ph = self.phases[self._phase]
+            ph["end"] = now
+            for k, v in now.items():
+                ph["peak"][k] = max(ph["peak"].get(k, 0.0), v)
+
+    def _loop(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            self._sample()
+
+    def mark(self, name: str) -> None:
+        """The phase so far ends now; `name` begins."""
+        self._sample()
+        with self._lock:
+            self._new_phase(name)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return {name: {kind: {k: round(v, 3) for k, v in vals.items()} for kind, vals in ph.items()}
+                for name, ph in self.phases.items()}
+
+
 def _vllm_worker(spec: dict) -> dict:
+    trace = MemoryTrace()
     import torch  # noqa: F401
 
     from vllm import LLM, SamplingParams
+
+    trace.mark("load")
 
     cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
     V = cfg["vocab_size"]
@@ -187,6 +252,7 @@ def _vllm_worker(spec: dict) -> dict:
               max_model_len=spec["prompt_tokens"] + spec["decode_tokens"] + 16, enable_prefix_caching=False,
               seed=0, disable_log_stats=False)  # stats on: the request's token timestamps (below)
     load_s = time.perf_counter() - t0
+    trace.mark("requests")
     import random
 
     rng = random.Random(0)
@@ -212,6 +278,7 @@ def _vllm_worker(spec: dict) -> dict:
     m = timed.metrics
     decode_s = (m.last_token_ts - m.first_token_ts) if m is not None and m.last_token_ts > m.first_token_ts else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    memory = trace.stop()
     profile = _profile_decode(timed, spec["profile"]) if spec["profile"] else None
     from vllm_gptoss import moe_ops  # the engine runs in this process: its kernel state is ours to read
 
@@ -222,7 +289,7 @@ def _vllm_worker(spec: dict) -> dict:
             "decode_s": decode_s,
             "decode_tokens_per_s": spec["decode_tokens"] / (decode_s if decode_s else max(t_total - t_prefill, 1e-9)),
             "decode_tokens_per_s_by_difference": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
-            "peak_rss_bytes": rss, "profile": profile}
+            "peak_rss_bytes": rss, "memory_gib_by_phase": memory, "profile": profile}
 
 
 def _profile_decode(timed, steps: int) -> dict:
@@ -274,6 +341,40 @@ def _llamacpp_worker(spec: dict) -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+class MemoryCgroup:
+    """A memory cgroup that caps one variant's process at `limit` bytes, as a machine with that much
+    RAM and no swap would: the kernel reclaims the page cache (the mapped checkpoint shards) before it
+    OOM-kills, so a run that finishes inside it fits such a machine. cgroup v1 (memory controller) or
+    v2; needs write access to /sys/fs/cgroup (root, or a delegated subtree)."""
+
+    def __init__(self, limit: int, name: str):
+        root = Path("/sys/fs/cgroup")
+        if (root / "cgroup.controllers").exists():  # v2
+            self.dir, self.files = root / name, dict(limit="memory.max", procs="cgroup.procs",
+                                                     peak="memory.peak", events="memory.events")
+        elif (root / "memory").is_dir():
+            self.dir, self.files = root / "memory" / name, dict(
+                limit="memory.limit_in_bytes", procs="cgroup.procs", peak="memory.max_usage_in_bytes",
+                events="memory.oom_control")
+        else:
+            raise SystemExit("--memory-limit: no cgroup memory controller under /sys/fs/cgroup")
+        try:
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / self.files["limit"]).write_text(str(limit))
+        except OSError as e:
+            raise SystemExit(f"--memory-limit: cannot create a memory cgroup at {self.dir}: {e}") from e
+
+    def enter(self) -> None:
+        """In the child, before exec: move this process into the cgroup."""
+        (self.dir / self.files["procs"]).write_text(str(os.getpid()))
+
+    def close(self) -> dict:
+        peak = int((self.dir / self.files["peak"]).read_text())
+        events = dict(ln.split() for ln in (self.dir / self.files["events"]).read_text().splitlines() if ln.strip())
+        self.dir.rmdir()
+        return {"peak_bytes": peak, "oom_kills": int(events.get("oom_kill", 0))}
+
+
 def _run_variant(variant: str, args) -> dict:
     spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
             "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant,
@@ -292,12 +393,20 @@ def _run_variant(variant: str, args) -> dict:
     # before each variant, so that a ratio between variants can be read against it
     bandwidth = measure_bandwidth(args.threads)
     load_before = os.getloadavg()[0]
-    proc = subprocess.run([python, os.path.abspath(__file__), "_worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=args.timeout)
+    cgroup = MemoryCgroup(args.memory_limit, f"vllm-gptoss-bench-{os.getpid()}") if args.memory_limit else None
+    try:
+        proc = subprocess.run([python, os.path.abspath(__file__), "_worker", json.dumps(spec)],
+                              capture_output=True, text=True, env=env, timeout=args.timeout,
+                              preexec_fn=cgroup.enter if cgroup else None)
+    finally:
+        cgroup_result = cgroup.close() if cgroup else None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(f"variant {variant} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}")
+        oom = (f"; inside --memory-limit {args.memory_limit} bytes: {cgroup_result}" if cgroup_result else "")
+        raise SystemExit(f"variant {variant} failed (exit status {proc.returncode}{oom}):\n{proc.stderr[-4000:]}")
     r = json.loads(lines[-1][len("RESULT "):])
+    if cgroup_result:
+        r["memory_limit"] = {"limit_bytes": args.memory_limit, **cgroup_result}
     r.update(variant=variant, load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
              bandwidth_gbs_before=bandwidth)
     if variant != "llamacpp" and (r["native_kernel"] is not None) != (variant == "native"):
@@ -377,6 +486,9 @@ def main() -> int:
                    help="run the variant list this many times in turn (A B A B ...): the summary gives "
                         "medians per variant and each cycle's ratios to llama.cpp, for hosts whose "
                         "bandwidth drifts")
+    r.add_argument("--memory-limit", type=float, default=0, metavar="BYTES",
+                   help="run each variant in a memory cgroup of this many bytes (16e9: a 16 GB machine "
+                        "without swap; the page cache counts and is reclaimed first): it passes if it finishes")
     r.add_argument("--timeout", type=float, default=7200)
     r.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="also profile STEPS decode steps by op (torch.profiler; with --enforce-eager for op names)")
@@ -387,6 +499,7 @@ def main() -> int:
     if args.cmd == "llamacpp":
         print(prepare_llamacpp(args.model, args.venv, args.version, args.gguf))
         return 0
+    args.memory_limit = int(args.memory_limit)
     if not (args.model / "config.json").exists():
         p.error(f"--model: no config.json in {args.model}")
     results = []
@@ -402,6 +515,14 @@ def main() -> int:
                   f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
                   f"(bandwidth before {bandwidth:.1f} GB/s, load avg {res['load_avg_1min_before']:.1f} -> "
                   f"{res['load_avg_1min_after']:.1f})", flush=True)
+            for phase, mem in (res.get("memory_gib_by_phase") or {}).items():
+                print(f"    {phase:<9} peak: anon {mem['peak']['RssAnon']:6.2f} file {mem['peak']['RssFile']:6.2f} "
+                      f"total {mem['peak']['VmRSS']:6.2f} GiB;  at its end: anon {mem['end']['RssAnon']:6.2f} "
+                      f"file {mem['end']['RssFile']:6.2f} GiB")
+            if res.get("memory_limit"):
+                ml = res["memory_limit"]
+                print(f"    inside a {ml['limit_bytes'] / 1e9:.2f} GB memory cgroup: finished, cgroup peak "
+                      f"{ml['peak_bytes'] / 1e9:.2f} GB (page cache included), OOM kills {ml['oom_kills']}")
             if res.get("profile"):
                 prof = res["profile"]
                 print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
@@ -420,7 +541,7 @@ def main() -> int:
            "command": " ".join([os.path.relpath(sys.executable)] + sys.argv), "machine": machine_info(),
            "model_config": json.loads((args.model / "config.json").read_text()),
            "config": {k: getattr(args, k) for k in ("variants", "repeat", "prompt_tokens", "decode_tokens",
-                                                    "threads", "kv_cache_gib", "enforce_eager")},
+                                                    "threads", "kv_cache_gib", "enforce_eager", "memory_limit")},
            "results": results, "summary": summary}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
