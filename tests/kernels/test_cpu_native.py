@@ -127,6 +127,23 @@ def test_matches_reference(native, dtype, T, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_inputs_run_in_chunks(native, monkeypatch, dtype):
+    """More tokens than MOE_CHUNK_TOKENS: the kernel runs on consecutive chunks of tokens (its buffers
+    bounded), and every row matches the reference, the chunks' seams and the short last chunk too."""
+    calls = []
+    fn = native._fn
+    monkeypatch.setattr(native, "_fn", lambda *a: calls.append(a[3]) or fn(*a))
+    monkeypatch.setattr(native_cpu, "MOE_CHUNK_TOKENS", 16)
+    E, H, I = 7, 128, 96
+    g = torch.Generator().manual_seed(4242 + (dtype == torch.bfloat16))
+    p = _experts(E, H, I, g)
+    x = (torch.randn(41, H, generator=g) * 4).to(dtype)
+    w, ids = _routing(41, E, 4, g)
+    _check(native, x, w, ids, p, BOUNDS[dtype])
+    assert calls == [16, 16, 9]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,k", [(1, 4), (17, 4)])
 def test_every_isa_matches_reference(any_isa, dtype, T, k):
     """The AVX2 and scalar builds too (bf16 activations: the AVX2 build's q16 path, the scalar build's

@@ -50,6 +50,12 @@ _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx5
               "avx512_bf16", "avx512vbmi", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
 FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2 = 1, 2, 4  # gptoss_cpu_features() bits
 MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
+# Tokens per kernel call: longer inputs run in chunks of this many. The kernel's buffers grow with
+# tokens x top-k (SwiGLU rows, weighted outputs, nibble-layout rows: ~100 MB at 1024 tokens, top-4,
+# 20b shapes), and vLLM's profile run sends max_num_batched_tokens at once (4096 for the LLM class
+# on the CPU): unchunked, ~400 MB more peak RSS. Each chunk re-reads the touched experts (~0.4 GB at
+# 20b), ~2% of a 1024-token chunk's time.
+MOE_CHUNK_TOKENS = 1024
 
 
 class NativeUnavailable(RuntimeError):
@@ -266,12 +272,16 @@ class NativeKernels:
         ids = topk_ids.to(torch.int32).contiguous()
         bad = ctypes.c_int64(0)
         ptr = _ptr
-        rc = self._fn(mode, ptr(xin), ptr(res), T, H, I, E, K, ptr(tw), ptr(ids), ptr(w13), ptr(w13_scale),
-                      ptr(b13), ptr(w2), ptr(w2_scale), ptr(b2), float(alpha), float(limit), ctypes.byref(bad))
-        if rc == 1:
-            raise ValueError(f"topk_ids: expert id {bad.value} outside [-1, {E}) (E = {E} local experts)")
-        if rc != 0:
-            raise RuntimeError(f"native MoE kernel returned {rc} (mode {mode}, features {self.features})")
+        # tokens are independent: at most MOE_CHUNK_TOKENS a call bounds the kernel's buffers
+        for t0 in range(0, max(T, 1), MOE_CHUNK_TOKENS):
+            n = min(MOE_CHUNK_TOKENS, T - t0)
+            rc = self._fn(mode, ptr(xin[t0:]), ptr(res[t0:]), n, H, I, E, K, ptr(tw[t0:]), ptr(ids[t0:]), ptr(w13),
+                          ptr(w13_scale), ptr(b13), ptr(w2), ptr(w2_scale), ptr(b2), float(alpha), float(limit),
+                          ctypes.byref(bad))
+            if rc == 1:
+                raise ValueError(f"topk_ids: expert id {bad.value} outside [-1, {E}) (E = {E} local experts)")
+            if rc != 0:
+                raise RuntimeError(f"native MoE kernel returned {rc} (mode {mode}, features {self.features})")
         if out is not None:
             if res is not out:
                 out.copy_(res)
