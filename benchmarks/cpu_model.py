@@ -250,7 +250,8 @@ def _vllm_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=spec["enforce_eager"],
               max_model_len=spec["prompt_tokens"] + spec["decode_tokens"] + 16, enable_prefix_caching=False,
-              seed=0, disable_log_stats=False)  # stats on: the request's token timestamps (below)
+              seed=0, disable_log_stats=False,  # stats on: the request's token timestamps (below)
+              **{k: spec[k] for k in ("max_num_seqs", "max_num_batched_tokens") if spec.get(k)})
     load_s = time.perf_counter() - t0
     trace.mark("requests")
     import random
@@ -378,7 +379,8 @@ class MemoryCgroup:
 def _run_variant(variant: str, args) -> dict:
     spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
             "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant,
-            "profile": args.profile}
+            "profile": args.profile, "max_num_seqs": args.max_num_seqs,
+            "max_num_batched_tokens": args.max_num_batched_tokens}
     env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                VLLM_CPU_OMP_THREADS_BIND=f"0-{args.threads - 1}" if args.threads > 1 else "0",
                VLLM_CPU_KVCACHE_SPACE=str(args.kv_cache_gib), OMP_NUM_THREADS=str(args.threads))
@@ -481,6 +483,11 @@ def main() -> int:
     r.add_argument("--decode-tokens", type=int, default=32)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--kv-cache-gib", type=int, default=1)
+    r.add_argument("--max-num-seqs", type=int, help="vLLM's max_num_seqs (default: the LLM class's on the CPU, 256; "
+                   "`vllm serve` uses 128 there). Its compile warm-up samples that many rows of 201,088 logits: "
+                   "~1.1 GiB of transient RSS at 256")
+    r.add_argument("--max-num-batched-tokens", type=int,
+                   help="vLLM's max_num_batched_tokens (default: the LLM class's on the CPU, 4096; `vllm serve`: 2048)")
     r.add_argument("--enforce-eager", action="store_true", help="no torch.compile (vLLM-CPU compiles by default)")
     r.add_argument("--repeat", type=int, default=1,
                    help="run the variant list this many times in turn (A B A B ...): the summary gives "
@@ -541,7 +548,8 @@ def main() -> int:
            "command": " ".join([os.path.relpath(sys.executable)] + sys.argv), "machine": machine_info(),
            "model_config": json.loads((args.model / "config.json").read_text()),
            "config": {k: getattr(args, k) for k in ("variants", "repeat", "prompt_tokens", "decode_tokens",
-                                                    "threads", "kv_cache_gib", "enforce_eager", "memory_limit")},
+                                                    "threads", "kv_cache_gib", "enforce_eager", "memory_limit",
+                                                    "max_num_seqs", "max_num_batched_tokens")},
            "results": results, "summary": summary}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
