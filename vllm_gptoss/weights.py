@@ -21,7 +21,7 @@ import torch
 from gptoss_kernels.mxfp4 import quantize
 from vllm.model_executor.models.utils import is_pp_missing_parameter
 
-from . import vllm_compat
+from . import checkpoint_pages, vllm_compat
 from .config import MXFP4_BLOCK, GptOssArgs, expert_shapes
 
 
@@ -173,6 +173,7 @@ class GptOssWeightLoader:
             if is_pp_missing_parameter(name, self.model):
                 continue  # checked above; it lives on another pipeline stage
             loaded.update(self._load_one(name, t))
+            checkpoint_pages.release(t)  # copied: its mapped file pages need not wait for the shard's end
         check_all_present(seen, self.expected)
         return loaded
 
