@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MADV_DONTNEED = 4  # linux/mman.h
 _PAGE = mmap.PAGESIZE
 _MIN_BYTES = 1 << 20  # smaller tensors: not worth a system call
-_state: dict = {"libc": None, "disabled": sys.platform != "linux", "ranges": []}
+_state: dict = {"libc": None, "disabled": sys.platform != "linux"}
 
 
 def _safetensors_mappings() -> list[tuple[int, int]]:
@@ -45,17 +45,14 @@ def _safetensors_mappings() -> list[tuple[int, int]]:
 
 
 def _in_safetensors_mapping(lo: int, hi: int) -> bool:
-    for refresh in (False, True):
-        if refresh:  # a shard mapped since the last look
-            _state["ranges"] = _safetensors_mappings()
-        if any(a <= lo and hi <= b for a, b in _state["ranges"]):
-            return True
-    return False
+    # read afresh every time (~1 ms, once per tensor of >= 1 MiB): a remembered range could by now
+    # be a closed shard's, its addresses reused by the heap, where MADV_DONTNEED would zero live data
+    return any(a <= lo and hi <= b for a, b in _safetensors_mappings())
 
 
 def release(t: torch.Tensor) -> bool:
-    """Reclaim the whole pages of a checkpoint tensor's bytes if they are mapped from a .safetensors
-    file. Returns whether the kernel was asked to."""
+    """Unmap the whole pages of a checkpoint tensor's bytes if they lie in a private mapping of a
+    .safetensors file. Returns whether it did."""
     if _state["disabled"] or t.device.type != "cpu" or not t.is_contiguous():
         return False
     start = t.data_ptr()

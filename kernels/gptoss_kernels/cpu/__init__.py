@@ -53,8 +53,8 @@ MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # Tokens per kernel call: longer inputs run in chunks of this many. The kernel's buffers grow with
 # tokens x top-k (SwiGLU rows, weighted outputs, nibble-layout rows: ~100 MB at 1024 tokens, top-4,
 # 20b shapes), and vLLM's profile run sends max_num_batched_tokens at once (4096 for the LLM class
-# on the CPU): unchunked, ~400 MB more peak RSS. Each chunk re-reads the touched experts (~0.4 GB at
-# 20b), ~2% of a 1024-token chunk's time.
+# on the CPU): unchunked, its transient RSS was 0.29 GiB higher at 20b. Each chunk re-reads the
+# touched experts (~0.4 GB at 20b), ~2% of a 1024-token chunk's time.
 MOE_CHUNK_TOKENS = 1024
 
 
@@ -206,7 +206,7 @@ class NativeKernels:
         expert at a time through one scratch buffer of an expert's size (8 MB at 20b), written into
         through views, so that a load leaves no freed temporaries behind: per-chunk temporaries of
         ~33 MB here, just under glibc's 32 MiB mmap threshold, left ~1 GiB of freed heap resident after
-        a 20b load (BENCHMARKS.md, "Where the peak RSS goes")."""
+        a 20b load (BENCHMARKS.md, "Where the resident memory went")."""
         g, kb, full = self._group_view(blocks)
         out = blocks if inplace else torch.empty_like(blocks)
         dst = out.view(g.shape[0], g.shape[1], -1)
