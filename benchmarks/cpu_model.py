@@ -190,7 +190,6 @@ class MemoryTrace:
         import threading
 
         self.phases: dict[str, dict] = {}
-        self._phase = "imports"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._new_phase("imports")

@@ -48,14 +48,14 @@ def main() -> int:
     native = native_cpu.load()
     g = torch.Generator().manual_seed(0)
     E = args.experts
-    print(f"building {E} experts ({E * 3 * H * I * 17 / 32 / 1e9:.2f} GB MXFP4) ...", flush=True)
+    expert_bytes = 3 * H * I * 17 / 32  # E2M1 codes + one E8M0 scale per 32 (biases left out)
+    print(f"building {E} experts ({E * expert_bytes / 1e9:.2f} GB MXFP4) ...", flush=True)
     w13 = native.pack_experts(torch.randint(0, 256, (E, 2 * I, H // 2), dtype=torch.uint8, generator=g), inplace=True)
     w2 = native.pack_experts(torch.randint(0, 256, (E, H, I // 2), dtype=torch.uint8, generator=g), inplace=True)
     s13 = torch.randint(118, 124, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g)
     s2 = torch.randint(118, 124, (E, H, I // 32), dtype=torch.uint8, generator=g)
     b13, b2 = torch.randn(E, 2 * I, generator=g), torch.randn(E, H, generator=g)
     x = torch.randn(1, H, generator=g).to(torch.bfloat16)
-    expert_bytes = 3 * H * I * 17 / 32  # E2M1 codes + one E8M0 scale per 32 (biases left out)
     cases = {
         "resident": ([torch.tensor([[0]], dtype=torch.int32)], 1),
         "rotating": ([torch.arange(TOP_K * j, TOP_K * j + TOP_K, dtype=torch.int32)[None] for j in range(E // TOP_K)],
