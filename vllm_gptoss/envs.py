@@ -14,6 +14,7 @@ STRICT_VLLM_VERSION = "VLLM_GPTOSS_STRICT_VLLM_VERSION"
 TRITON_MOE = "VLLM_GPTOSS_TRITON_MOE"
 CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
 CPU_DENSE_GEMV = "VLLM_GPTOSS_CPU_DENSE_GEMV"
+CPU_PREFETCH = "VLLM_GPTOSS_CPU_PREFETCH"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
 LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
@@ -31,6 +32,8 @@ ENV_VARS = {
     CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX512_BF16 "
                     "CPUs (default auto: without AMX, the native decode GEMV for few tokens, torch's linear for "
                     "more, on layers of >= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
+    CPU_PREFETCH: "l1|l2: the cache the native AVX512_BF16 decode loops (one-token MoE, dense GEMV) prefetch "
+                  "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
     LEGACY_TOOL_CALL_HEADERS: "1: render past tool calls in prompts with vLLM's legacy header "
                               "(`assistant to=functions.f<|channel|>commentary json`) instead of harmony's",

@@ -21,6 +21,7 @@ import torch
 from gptoss_kernels.reference import moe_reference
 
 from .envs import CPU_NATIVE as CPU_NATIVE_ENV  # "0" forces the torch path on the CPU
+from .envs import CPU_PREFETCH as CPU_PREFETCH_ENV  # l1 / l2: where the native decode loops prefetch
 from .envs import TRITON_MOE as USE_TRITON_ENV  # "0" forces the torch path on CUDA
 from .envs import cache_root
 
@@ -103,6 +104,20 @@ def native_cache_root() -> str:
     return str(cache_root() / "native")
 
 
+def cpu_prefetch_setting() -> str | None:
+    """VLLM_GPTOSS_CPU_PREFETCH as `gptoss_kernels.cpu.load` takes it: None for auto (its per-CPU
+    default), else "l1" / "l2"; anything else is refused, naming the values."""
+    from gptoss_kernels.cpu import PREFETCH_HINTS
+
+    setting = os.environ.get(CPU_PREFETCH_ENV, "auto").strip().lower() or "auto"
+    if setting == "auto":
+        return None
+    if setting not in PREFETCH_HINTS:
+        raise ValueError(f"{CPU_PREFETCH_ENV}={os.environ[CPU_PREFETCH_ENV]!r}: expected one of "
+                         f"{['auto', *sorted(PREFETCH_HINTS)]}")
+    return setting
+
+
 def cpu_native_kernel():
     """The native CPU MoE kernel (built on first use, once per machine), or None after one warning."""
     global _native, _native_error
@@ -110,15 +125,17 @@ def cpu_native_kernel():
         return _native
     from gptoss_kernels import cpu as native_cpu
 
+    prefetch = cpu_prefetch_setting()  # a bad value is the user's error, not a missing compiler
     try:
-        _native = native_cpu.load(native_cache_root())
+        _native = native_cpu.load(native_cache_root(), prefetch=prefetch)
     except native_cpu.NativeUnavailable as e:
         _native_error = str(e)
         logger.warning("vllm-gptoss: the native CPU MoE kernel is not available: %s. The MXFP4 experts run "
                        "on the torch path instead (correct, much slower). %s=0 selects it without this "
                        "warning.", e, CPU_NATIVE_ENV)
         return None
-    logger.info("vllm-gptoss: native CPU MoE kernel loaded (%s path, %s)", _native.isa, _native.path)
+    logger.info("vllm-gptoss: native CPU MoE kernel loaded (%s path, weights prefetched into %s, %s)",
+                _native.isa, _native.prefetch.upper(), _native.path)
     return _native
 
 

@@ -501,3 +501,60 @@ def test_linear_bad_input_named(native):
         native.linear(torch.randn(2, 32), w.float())
     with pytest.raises(ValueError, match=r"bias: expected shape \(8,\)"):
         native.linear(torch.randn(2, 32), w, torch.randn(7))
+
+
+# ------------------------------------------------------------------------------ prefetch setting
+def test_other_prefetch_build_gives_identical_results(native, cache_root):
+    """The build for the other prefetch level (PREFETCH_HINTS: where the AVX512_BF16 decode loops
+    prefetch weights) is a separate cached library whose decode loops use that hint, and computes
+    bit-identical results: a prefetch changes no arithmetic."""
+    other_level = "l1" if native.prefetch == "l2" else "l2"
+    other = native_cpu.load(cache_root / "native", prefetch=other_level)
+    assert other.prefetch == other_level and other.path != native.path
+    if native.isa == "avx512_bf16":  # the loops that take the setting exist in this build
+        import shutil
+
+        if shutil.which("objdump"):
+            t1 = {n.prefetch: subprocess.run(["objdump", "-d", str(n.path)], capture_output=True, text=True,
+                                             check=True).stdout.count("prefetcht1") for n in (native, other)}
+            assert t1["l1"] == 0 < t1["l2"], t1
+    g = torch.Generator().manual_seed(77)
+    p = _experts(6, 256, 160, g)
+    a13, a2 = _packed(native, p)
+    for T in (1, 3, 40):  # the few-token (decode) path and the tile path
+        x = (torch.randn(T, 256, generator=g) * 2).to(torch.bfloat16)
+        w, ids = _routing(T, 6, 4, g)
+        outs = [n.moe(x, w, ids, a13, p["s13"], p["b13"], a2, p["s2"], p["b2"], 1.702, 7.0) for n in (native, other)]
+        assert torch.isfinite(outs[0]).all() and torch.equal(outs[0], outs[1]), T
+    wl = torch.randn(96, 320, generator=g).to(torch.bfloat16)
+    xl = torch.randn(2, 320, generator=g).to(torch.bfloat16)
+    assert torch.equal(native.linear(xl, wl), other.linear(xl, wl))
+
+
+@pytest.mark.parametrize("vendor,family,want", [("AuthenticAMD", 25, "l2"), ("AuthenticAMD", 26, "l1"),
+                                                ("GenuineIntel", 6, "l1"), ("", -1, "l1")])
+def test_default_prefetch_per_cpu(monkeypatch, vendor, family, want):
+    monkeypatch.setattr(native_cpu, "_cpu_vendor_family", lambda: (vendor, family))
+    assert native_cpu.default_prefetch() == want
+
+
+def test_this_cpu_is_read():
+    vendor, family = native_cpu._cpu_vendor_family()
+    if X86 and os.path.exists("/proc/cpuinfo"):
+        assert vendor in ("AuthenticAMD", "GenuineIntel", "HygonGenuine") and family > 0
+
+
+def test_bad_prefetch_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"prefetch: expected one of \['l1', 'l2'\] or None, found 'l3'"):
+        native_cpu.load(tmp_path, prefetch="l3")
+    from vllm_gptoss import moe_ops
+
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_PREFETCH", "L3")
+    with pytest.raises(ValueError, match=r"VLLM_GPTOSS_CPU_PREFETCH='L3': expected one of \['auto', 'l1', 'l2'\]"):
+        moe_ops.cpu_prefetch_setting()
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_PREFETCH", " L2 ")
+    assert moe_ops.cpu_prefetch_setting() == "l2"
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_PREFETCH", "auto")
+    assert moe_ops.cpu_prefetch_setting() is None
+    monkeypatch.delenv("VLLM_GPTOSS_CPU_PREFETCH")
+    assert moe_ops.cpu_prefetch_setting() is None

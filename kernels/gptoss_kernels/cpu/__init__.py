@@ -11,7 +11,7 @@ headers (a build takes seconds, not a minute) and no ninja. It is linked against
 so its OpenMP threads are torch's (`torch.set_num_threads`, vLLM's CPU thread binding).
 
 No vLLM import here. Public:
-  load(cache_root=None) -> NativeKernels    raises NativeUnavailable with the reason (no compiler, ...)
+  load(cache_root=None, prefetch=None) -> NativeKernels    raises NativeUnavailable with the reason (no compiler, ...)
   NativeKernels.pack_experts(blocks, inplace)    E2M1 codes, checkpoint order -> the layout `moe` reads (once, at load)
   NativeKernels.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
   NativeKernels.linear(x, weight, bias)    y = x weight^T + bias for bf16 weights [N, K], used in place
@@ -56,6 +56,10 @@ MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # on the CPU): unchunked, its transient RSS was 0.29 GiB higher at 20b. Each chunk re-reads the
 # touched experts (~0.4 GB at 20b), ~2% of a 1024-token chunk's time.
 MOE_CHUNK_TOKENS = 1024
+# The cache the AVX512_BF16 decode loops (the MoE's few-token path, the dense GEMV) prefetch the
+# weights they read next into: the name a caller passes -> GK_BF16_PREFETCH_HINT (cpu_common.h).
+# default_prefetch() says which one each CPU gets.
+PREFETCH_HINTS = {"l1": "_MM_HINT_T0", "l2": "_MM_HINT_T1"}
 
 
 class NativeUnavailable(RuntimeError):
@@ -90,30 +94,61 @@ def _cpu_flags() -> list[str]:
     return [platform.machine()]
 
 
+def _cpu_vendor_family() -> tuple[str, int]:
+    """(vendor_id, cpu family) of /proc/cpuinfo, ("", -1) where it has none."""
+    vendor, family = "", -1
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "cpu family" and family < 0:
+                    family = int(value.strip())
+                if vendor and family >= 0:
+                    break
+    except (OSError, ValueError):
+        pass
+    return vendor, family
+
+
+def default_prefetch() -> str:
+    """"l2" on AMD Zen 4, "l1" elsewhere: measured, weights from DRAM, 2 threads, builds of both
+    interleaved in one process (BENCHMARKS.md). Zen 4: "l2" ran the one-token MoE 1.16-1.23x and the
+    decode GEMV 1.05-1.15x faster than "l1" (the 32 KiB L1 gained less from fetching ahead than it
+    lost to it). AMD Zen 5, where both loops were tuned, and the Intel Xeon measured ran "l1". Zen 4
+    is the only AVX512_BF16 CPU of AMD's family 25 (Zen 3 has no AVX-512; its AVX2 loop does not
+    use this setting)."""
+    vendor, family = _cpu_vendor_family()
+    return "l2" if vendor == "AuthenticAMD" and family == 25 else "l1"
+
+
 def _compiler() -> list[str]:
     cxx = os.environ.get("CXX", "g++")
     return shlex.split(cxx)
 
 
-def build_command(sources, out: Path, march: str = "native") -> list[str]:
+def build_command(sources, out: Path, march: str = "native", prefetch: str = "l1") -> list[str]:
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     # -fopenmp + linking from torch/lib: the library's NEEDED libgomp.so.1 resolves to the copy
     # torch already loaded, so both share one OpenMP runtime (one thread pool, torch's thread count).
     return [*_compiler(), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
-            "-fno-math-errno", *map(str, sources), "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
+            "-fno-math-errno", f"-DGK_BF16_PREFETCH_HINT={PREFETCH_HINTS[prefetch]}", *map(str, sources),
+            "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
 
 
-def cache_key(march: str = "native") -> str:
+def cache_key(march: str = "native", prefetch: str = "l1") -> str:
     h = hashlib.sha256()
     for f in (*SOURCES, *HEADERS):
         h.update(f.read_bytes())
     h.update(_package_version().encode())
-    h.update(" ".join(build_command([Path(f.name) for f in SOURCES], Path("out"), march)).encode())
+    h.update(" ".join(build_command([Path(f.name) for f in SOURCES], Path("out"), march, prefetch)).encode())
     h.update(",".join(_cpu_flags()).encode())
     return h.hexdigest()[:16]
 
 
-def _build(directory: Path, march: str) -> tuple[Path, bool]:
+def _build(directory: Path, march: str, prefetch: str) -> tuple[Path, bool]:
     """Compile into `directory` under its lock; returns (library path, whether we compiled it)."""
     lib = directory / LIB_NAME
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,7 +160,7 @@ def _build(directory: Path, march: str) -> tuple[Path, bool]:
         if shutil.which(cxx[0]) is None:
             raise NativeUnavailable(f"no C++ compiler: {cxx[0]!r} (from $CXX, default g++) was not found")
         tmp = directory / f"{LIB_NAME}.{os.getpid()}.tmp"
-        cmd = build_command(SOURCES, tmp, march)
+        cmd = build_command(SOURCES, tmp, march, prefetch)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -351,25 +386,32 @@ def _prod(shape) -> int:
 _LOADED: dict = {}
 
 
-def load(cache_root: str | os.PathLike | None = None, march: str = "native") -> NativeKernels:
+def load(cache_root: str | os.PathLike | None = None, march: str = "native",
+         prefetch: str | None = None) -> NativeKernels:
     """Build if needed (once per machine and key, file-locked), load, and return the kernel.
 
     `march` is gcc's -march: "native" (the default: this CPU's ISA); the tests also build
-    "x86-64-v3" (AVX2 path) and "x86-64" (scalar path) to check the fallbacks on an AVX-512 machine."""
+    "x86-64-v3" (AVX2 path) and "x86-64" (scalar path) to check the fallbacks on an AVX-512 machine.
+    `prefetch`: a key of PREFETCH_HINTS, None for default_prefetch() (results do not depend on it)."""
+    if prefetch is None:
+        prefetch = default_prefetch()
+    if prefetch not in PREFETCH_HINTS:
+        raise ValueError(f"prefetch: expected one of {sorted(PREFETCH_HINTS)} or None, found {prefetch!r}")
     if sys.platform != "linux":
         raise NativeUnavailable(f"the native MoE kernel is built for Linux only, found {sys.platform}")
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    directory = root / cache_key(march)
+    directory = root / cache_key(march, prefetch)
     if directory in _LOADED:
         return _LOADED[directory]
     lib = directory / LIB_NAME
     built = False
     if not lib.exists():
-        lib, built = _build(directory, march)
+        lib, built = _build(directory, march, prefetch)
     try:
         native = NativeKernels(lib)
     except OSError as e:
         raise NativeUnavailable(f"loading {lib} failed: {e}") from e
     native.built_here = built  # True when this process compiled it (tests check it happens once)
+    native.prefetch = prefetch
     _LOADED[directory] = native
     return native

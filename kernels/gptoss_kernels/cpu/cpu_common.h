@@ -25,6 +25,13 @@
 #define GK_AVX2 1
 #endif
 
+// The cache level the AVX512_BF16 decode loops (the MoE's few-token path, the dense GEMV) prefetch
+// the weights they read next into: _MM_HINT_T0 (L1) or _MM_HINT_T1 (L2). The build chooses per CPU
+// (gptoss_kernels/cpu/__init__.py, PREFETCH_HINTS: measured, not guessed); T0 when built by hand.
+#if !defined(GK_BF16_PREFETCH_HINT)
+#define GK_BF16_PREFETCH_HINT _MM_HINT_T0
+#endif
+
 namespace gk {
 
 inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's .to(bfloat16)

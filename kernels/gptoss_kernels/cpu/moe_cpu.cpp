@@ -482,11 +482,13 @@ inline bool nib_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
 // Prefetch: the R rows of a register block are adjacent in memory, and so are the blocks that
 // follow (the rest of the tile, then the expert's next tile), so while a block runs, the bytes
 // kNibPrefetchBlocks blocks further on are prefetched, one cache line per row and group (R x groups
-// lines cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPU measured does not run that
+// lines cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPUs measured does not run that
 // far ahead of the R interleaved row streams (AMD Zen 5, one MoE layer at one token from DRAM, 2
 // threads: 26 GB/s without software prefetch, 28 with each row's line 8 groups ahead, 31-34 with
-// the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). A prefetch past the
-// tensor is harmless (no fault).
+// the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). Into which cache
+// (GK_BF16_PREFETCH_HINT) depends on the CPU: on AMD Zen 4 (32 KiB L1) fetching 4 blocks (23 KB at
+// 20b) ahead into L1 cost more than it gained, into L2 it gained 1.16-1.23x over L1 (2 threads).
+// A prefetch past the tensor is harmless (no fault).
 constexpr int kNibPrefetchBlocks = 4;
 
 // As dot_bf16, activations xs[m] in the nibble layout (nib_len(K) values each).
@@ -510,7 +512,7 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
   const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
   {  // the scales of the block as far ahead (R rows of lds bytes, adjacent)
     const char* sp = (const char*)(s + kNibPrefetchBlocks * R * lds);
-    for (int64_t o = 0; o < R * lds; o += 64) _mm_prefetch(sp + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < R * lds; o += 64) _mm_prefetch(sp + o, GK_BF16_PREFETCH_HINT);
   }
   // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
   // of row r at base + r * rstride
@@ -519,7 +521,7 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const uint8_t* cp = base + r * rstride;
-      _mm_prefetch((const char*)(cp + ahead), _MM_HINT_T0);
+      _mm_prefetch((const char*)(cp + ahead), GK_BF16_PREFETCH_HINT);
       const __m512i c = _mm512_maskz_loadu_epi8(cmask, cp);
       const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(c, table);
       const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
