@@ -283,7 +283,10 @@ def _vllm_worker(spec: dict) -> dict:
     from vllm_gptoss import moe_ops  # the engine runs in this process: its kernel state is ours to read
 
     native = moe_ops._native
-    return {"native_kernel": None if native is None else {"isa": native.isa, "path": str(native.path)},
+    huge = [ln for ln in Path("/proc/self/smaps_rollup").read_text().splitlines() if ln.startswith("AnonHugePages:")]
+    return {"native_kernel": None if native is None else {"isa": native.isa, "path": str(native.path),
+                                                          "prefetch": native.prefetch},
+            "anon_huge_pages_gib": int(huge[0].split()[1]) * 1024 / 2**30 if huge else None,
             "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
             "prefill_tokens_per_s": spec["prompt_tokens"] / t_prefill,
             "decode_s": decode_s,
@@ -375,6 +378,14 @@ class MemoryCgroup:
         return {"peak_bytes": peak, "oom_kills": int(events.get("oom_kill", 0))}
 
 
+# the native variant with one setting changed, for A/B runs of the whole model
+NATIVE_VARIANT_ENV = {
+    "native-4k": {"VLLM_GPTOSS_CPU_HUGE_PAGES": "0"},  # weights left on 4 KiB pages
+    "native-l1": {"VLLM_GPTOSS_CPU_PREFETCH": "l1"},  # decode loops prefetch into L1
+    "native-l2": {"VLLM_GPTOSS_CPU_PREFETCH": "l2"},  # ... into L2
+}
+
+
 def _run_variant(variant: str, args) -> dict:
     spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
             "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant,
@@ -385,6 +396,7 @@ def _run_variant(variant: str, args) -> dict:
                VLLM_CPU_KVCACHE_SPACE=str(args.kv_cache_gib), OMP_NUM_THREADS=str(args.threads))
     if variant == "torch":
         env["VLLM_GPTOSS_CPU_NATIVE"] = "0"
+    env.update(NATIVE_VARIANT_ENV.get(variant, {}))
     if variant == "stock":  # vLLM's own gpt-oss class and MXFP4 method (needs AMX on the CPU)
         env["VLLM_GPTOSS_DISABLE"] = "1"
     python = str(args.llamacpp_venv / "bin" / "python") if variant == "llamacpp" else sys.executable
@@ -410,8 +422,9 @@ def _run_variant(variant: str, args) -> dict:
         r["memory_limit"] = {"limit_bytes": args.memory_limit, **cgroup_result}
     r.update(variant=variant, load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
              bandwidth_gbs_before=bandwidth)
-    if variant != "llamacpp" and (r["native_kernel"] is not None) != (variant == "native"):
-        raise SystemExit(f"variant {variant}: the native kernel was {'not ' if variant == 'native' else ''}"
+    native = variant == "native" or variant in NATIVE_VARIANT_ENV
+    if variant != "llamacpp" and (r["native_kernel"] is not None) != native:
+        raise SystemExit(f"variant {variant}: the native kernel was {'not ' if native else ''}"
                          f"loaded in the engine; stderr:\n{proc.stderr[-4000:]}")
     return r
 
@@ -475,7 +488,9 @@ def main() -> int:
     r = sub.add_parser("run", help="serve a checkpoint through vLLM-CPU and measure")
     r.add_argument("--model", type=Path, required=True)
     r.add_argument("--out", required=True, help="JSON results file")
-    r.add_argument("--variants", nargs="+", choices=("native", "torch", "stock", "llamacpp"), default=["native"])
+    r.add_argument("--variants", nargs="+", choices=("native", *NATIVE_VARIANT_ENV, "torch", "stock", "llamacpp"),
+                   default=["native"], help="native-4k / native-l1 / native-l2: native with one setting changed "
+                   "(NATIVE_VARIANT_ENV); default %(default)s")
     r.add_argument("--gguf", help="GGUF of the same checkpoint for the llamacpp variant (made by `llamacpp`)")
     r.add_argument("--llamacpp-venv", type=Path, help="the venv `llamacpp` built (for the llamacpp variant)")
     r.add_argument("--prompt-tokens", type=int, default=256)
@@ -518,7 +533,8 @@ def main() -> int:
             results.append(res)
             bandwidth = res["bandwidth_gbs_before"]
             print(f"  {variant:<8} prefill {res['prefill_tokens_per_s']:8.2f} tok/s   decode "
-                  f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB   "
+                  f"{res['decode_tokens_per_s']:8.2f} tok/s   peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB "
+                  f"({res.get('anon_huge_pages_gib') or 0:.2f} on huge pages)   "
                   f"(bandwidth before {bandwidth:.1f} GB/s, load avg {res['load_avg_1min_before']:.1f} -> "
                   f"{res['load_avg_1min_after']:.1f})", flush=True)
             for phase, mem in (res.get("memory_gib_by_phase") or {}).items():

@@ -172,14 +172,22 @@ def make_ours(w: dict):
 def make_native(w: dict):
     """Our native kernel exactly as `GptOssMxfp4MoEMethod.apply` calls it on the CPU: the
     `vllm_gptoss::moe_cpu_native` op on the layer's MXFP4 parameters in place (the E2M1 codes
-    rewritten into the kernel's row-group layout once, as at model load), float32 biases."""
+    rewritten into the kernel's row-group layout once, as at model load), float32 biases, on
+    transparent huge pages as the plugin allocates them."""
     from types import SimpleNamespace
 
-    from vllm_gptoss import moe_ops
+    import torch
+
+    from vllm_gptoss import huge_pages, moe_ops
 
     native = moe_ops.cpu_native_kernel()
     if native is None:
         raise SystemExit("the native CPU kernel is not available here (see the warning above)")
+    # on transparent huge pages where the plugin's create_weights puts them (vllm_gptoss.huge_pages)
+    for k, v in w.items():
+        t = torch.empty_like(v)
+        huge_pages.advise(t)
+        w[k] = t.copy_(v)
     prepared = moe_ops.CpuNativeWeights(SimpleNamespace(**w), native)  # packs w13 / w2 in place
     b13, b2 = prepared.w13_bias, prepared.w2_bias
 
@@ -188,7 +196,7 @@ def make_native(w: dict):
                                       w["w2_weight"], w["w2_weight_scale"], b2, SWIGLU_ALPHA, SWIGLU_LIMIT)
 
     return run, [w["w13_weight"], w["w13_weight_scale"], w["w2_weight"], w["w2_weight_scale"], b13, b2], \
-        {"isa": native.isa}
+        {"isa": native.isa, "prefetch": native.prefetch}
 
 
 MAKERS = {"native": make_native, "torch": make_ours, "stock": make_stock}

@@ -15,6 +15,7 @@ TRITON_MOE = "VLLM_GPTOSS_TRITON_MOE"
 CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
 CPU_DENSE_GEMV = "VLLM_GPTOSS_CPU_DENSE_GEMV"
 CPU_PREFETCH = "VLLM_GPTOSS_CPU_PREFETCH"
+CPU_HUGE_PAGES = "VLLM_GPTOSS_CPU_HUGE_PAGES"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
 LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
@@ -34,6 +35,8 @@ ENV_VARS = {
                     "more, on layers of >= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
     CPU_PREFETCH: "l1|l2: the cache the native AVX512_BF16 decode loops (one-token MoE, dense GEMV) prefetch "
                   "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
+    CPU_HUGE_PAGES: "0: do not ask Linux for transparent huge pages under the model's large CPU weights "
+                    "(default: asked where THP is in `madvise` mode; decoding streams them faster)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",
     LEGACY_TOOL_CALL_HEADERS: "1: render past tool calls in prompts with vLLM's legacy header "
                               "(`assistant to=functions.f<|channel|>commentary json`) instead of harmony's",

@@ -30,7 +30,7 @@ from vllm.model_executor.models.utils import (PPMissingLayer, extract_layer_inde
                                               make_empty_intermediate_tensors_factory, make_layers)
 from vllm.sequence import IntermediateTensors
 
-from . import cpu_dense, vllm_compat
+from . import cpu_dense, huge_pages, vllm_compat
 from .config import GptOssArgs
 from .weights import GptOssWeightLoader
 
@@ -208,6 +208,8 @@ class GptOssForCausalLM(nn.Module, SupportsPP, SupportsEagle, SupportsEagle3):
             self.lm_head if isinstance(self.lm_head, ParallelLMHead) else None,
             before_gemm=cpu_dense.maybe_take_gemm, after_gemm=cpu_dense.maybe_use_native_linear)
         self.make_empty_intermediate_tensors = self.model.make_empty_intermediate_tensors
+        # the large weights on huge pages before the loader first writes them (CPU, Linux THP madvise)
+        huge_pages.advise_module(self)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)

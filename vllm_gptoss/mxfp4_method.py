@@ -28,7 +28,7 @@ from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 from vllm.model_executor.utils import set_weight_attrs
 
-from . import cpu_dense, moe_ops
+from . import cpu_dense, huge_pages, moe_ops
 from . import vllm_compat
 from .config import MXFP4_BLOCK, SWIGLU_ALPHA, SWIGLU_LIMIT, expert_shapes
 
@@ -120,7 +120,9 @@ class GptOssMxfp4MoEMethod(FusedMoEMethodBase):
         bias_dtype = params_dtype
 
         def add(name, shape, dtype):
-            p = torch.nn.Parameter(torch.zeros(*shape, dtype=dtype), requires_grad=False)
+            t = torch.empty(*shape, dtype=dtype)
+            huge_pages.advise(t)  # before the zeros below first write its pages (huge_pages says why)
+            p = torch.nn.Parameter(t.zero_(), requires_grad=False)
             layer.register_parameter(name, p)
             set_weight_attrs(p, {"weight_loader": extra_weight_attrs.get("weight_loader")})
 
