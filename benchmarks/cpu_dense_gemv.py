@@ -4,7 +4,8 @@
 
 What it compares, per layer shape of gpt-oss (qkv 5120 x 2880, o_proj 2880 x 4096, lm_head 201,088 x
 2880; bf16 weights, bf16 activations and bias), in one process on the threads torch has:
-  native  `NativeKernels.linear` (linear_cpu.cpp; at most `gemv_max_tokens` tokens: the decode GEMV)
+  native  `NativeKernels.linear` (linear_cpu.cpp; at most `gemv_max_tokens` tokens: the decode GEMV) on
+          the weight as the plugin allocates it (on transparent huge pages where Linux has them)
   onednn  vLLM-CPU's `onednn_mm` on the weight packed by `create_onednn_mm` (what vLLM-CPU gives the
           layer on AVX-512 CPUs)
   torch   `torch.nn.functional.linear` on the plain weight (what the plugin runs above the GEMV's
@@ -44,6 +45,16 @@ def bandwidth_gbs() -> float:
     return big.numel() * 4 / best / 1e9
 
 
+def on_huge_pages(w: torch.Tensor) -> torch.Tensor:
+    """A copy of `w` in memory asked for transparent huge pages before it is written, as the plugin
+    allocates the layers' weights (vllm_gptoss/huge_pages.py); oneDNN packs its own copy."""
+    from vllm_gptoss import huge_pages
+
+    t = torch.empty_like(w)
+    huge_pages.advise(t)
+    return t.copy_(w)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 8, 64])
@@ -65,7 +76,7 @@ def main() -> int:
     for name in a.shapes:
         N, K = SHAPES[name]
         copies = 2 if name == "lm_head" else max(2, int(400e6 // (N * K * 2)))
-        ws = [torch.randn(N, K, generator=g).to(torch.bfloat16) for _ in range(copies)]
+        ws = [on_huge_pages(torch.randn(N, K, generator=g).to(torch.bfloat16)) for _ in range(copies)]
         hs = [ops.create_onednn_mm(w.t(), 32) for w in ws]
         bias = torch.randn(N, generator=g).to(torch.bfloat16)
         bias32 = bias.float()
