@@ -45,16 +45,6 @@ def bandwidth_gbs() -> float:
     return big.numel() * 4 / best / 1e9
 
 
-def on_huge_pages(w: torch.Tensor) -> torch.Tensor:
-    """A copy of `w` in memory asked for transparent huge pages before it is written, as the plugin
-    allocates the layers' weights (vllm_gptoss/huge_pages.py); oneDNN packs its own copy."""
-    from vllm_gptoss import huge_pages
-
-    t = torch.empty_like(w)
-    huge_pages.advise(t)
-    return t.copy_(w)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 8, 64])
@@ -66,6 +56,7 @@ def main() -> int:
     from gptoss_kernels import cpu as native_cpu
     from vllm import _custom_ops as ops
 
+    from vllm_gptoss.huge_pages import copy_on_huge_pages
     from vllm_gptoss.moe_ops import native_cache_root
 
     native = native_cpu.load(native_cache_root())
@@ -76,7 +67,8 @@ def main() -> int:
     for name in a.shapes:
         N, K = SHAPES[name]
         copies = 2 if name == "lm_head" else max(2, int(400e6 // (N * K * 2)))
-        ws = [on_huge_pages(torch.randn(N, K, generator=g).to(torch.bfloat16)) for _ in range(copies)]
+        # on huge pages as the plugin allocates the layers' weights (oneDNN packs its own copy)
+        ws = [copy_on_huge_pages(torch.randn(N, K, generator=g).to(torch.bfloat16)) for _ in range(copies)]
         hs = [ops.create_onednn_mm(w.t(), 32) for w in ws]
         bias = torch.randn(N, generator=g).to(torch.bfloat16)
         bias32 = bias.float()

@@ -176,18 +176,13 @@ def make_native(w: dict):
     transparent huge pages as the plugin allocates them."""
     from types import SimpleNamespace
 
-    import torch
-
     from vllm_gptoss import huge_pages, moe_ops
 
     native = moe_ops.cpu_native_kernel()
     if native is None:
         raise SystemExit("the native CPU kernel is not available here (see the warning above)")
     # on transparent huge pages where the plugin's create_weights puts them (vllm_gptoss.huge_pages)
-    for k, v in w.items():
-        t = torch.empty_like(v)
-        huge_pages.advise(t)
-        w[k] = t.copy_(v)
+    w = {k: huge_pages.copy_on_huge_pages(v) for k, v in w.items()}
     prepared = moe_ops.CpuNativeWeights(SimpleNamespace(**w), native)  # packs w13 / w2 in place
     b13, b2 = prepared.w13_bias, prepared.w2_bias
 

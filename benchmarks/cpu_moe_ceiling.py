@@ -31,6 +31,7 @@ from cpu_model import machine_info  # noqa: E402
 from cpu_moe import measure_bandwidth  # noqa: E402
 
 import gptoss_kernels.cpu as native_cpu  # noqa: E402
+from vllm_gptoss.huge_pages import copy_on_huge_pages  # noqa: E402  (no vLLM import)
 
 H = I = 2880
 TOP_K = 4
@@ -54,6 +55,8 @@ def main() -> int:
     w2 = native.pack_experts(torch.randint(0, 256, (E, H, I // 2), dtype=torch.uint8, generator=g), inplace=True)
     s13 = torch.randint(118, 124, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g)
     s2 = torch.randint(118, 124, (E, H, I // 32), dtype=torch.uint8, generator=g)
+    # on transparent huge pages, as the plugin allocates a model's experts
+    w13, w2, s13, s2 = map(copy_on_huge_pages, (w13, w2, s13, s2))
     b13, b2 = torch.randn(E, 2 * I, generator=g), torch.randn(E, H, generator=g)
     x = torch.randn(1, H, generator=g).to(torch.bfloat16)
     cases = {

@@ -75,6 +75,14 @@ def advise(t: torch.Tensor) -> int:
     return end - start
 
 
+def copy_on_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` in fresh memory asked for huge pages before it is written (where advise() asks):
+    how the benchmarks give their weights the placement the plugin's loader gives a model's."""
+    out = torch.empty_like(t)
+    advise(out)
+    return out.copy_(t)
+
+
 def advise_module(module: torch.nn.Module) -> int:
     """advise() every parameter of `module`; returns the bytes asked for."""
     total = sum(advise(p.data) for p in module.parameters())
