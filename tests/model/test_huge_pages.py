@@ -48,7 +48,8 @@ def test_small_meta_and_switched_off_are_not_asked(madvise_mode, monkeypatch):
     assert huge_pages.advise(torch.empty(1 << 20, dtype=torch.uint8)) == 0
     assert huge_pages.advise(torch.empty(32 << 20, dtype=torch.uint8, device="meta")) == 0
     monkeypatch.setenv("VLLM_GPTOSS_CPU_HUGE_PAGES", "0")
-    t = torch.empty(24 << 20, dtype=torch.uint8)
+    # above glibc's largest mmap threshold (32 MiB): a fresh mapping, never heap memory advised before
+    t = torch.empty(64 << 20, dtype=torch.uint8)
     assert huge_pages.advise(t) == 0
     assert "hg" not in _vm_flags(t.data_ptr() + t.nbytes // 2)
 

