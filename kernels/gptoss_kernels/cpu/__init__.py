@@ -80,15 +80,26 @@ def _package_version() -> str:
         return "0"
 
 
-def _cpu_flags() -> list[str]:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (name -> value), {} where there is none."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [fl for fl in _ISA_FLAGS if fl in have]
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def _cpu_flags() -> list[str]:
+    flags = _cpuinfo().get("flags")
+    if flags is not None:
+        have = set(flags.split())
+        return [fl for fl in _ISA_FLAGS if fl in have]
     import platform
 
     return [platform.machine()]
@@ -96,21 +107,9 @@ def _cpu_flags() -> list[str]:
 
 def _cpu_vendor_family() -> tuple[str, int]:
     """(vendor_id, cpu family) of /proc/cpuinfo, ("", -1) where it has none."""
-    vendor, family = "", -1
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key == "cpu family" and family < 0:
-                    family = int(value.strip())
-                if vendor and family >= 0:
-                    break
-    except (OSError, ValueError):
-        pass
-    return vendor, family
+    info = _cpuinfo()
+    family = info.get("cpu family", "")
+    return info.get("vendor_id", ""), int(family) if family.isdigit() else -1
 
 
 def default_prefetch() -> str:
