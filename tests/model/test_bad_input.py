@@ -1,6 +1,10 @@
 """Bad checkpoints stop loading with an error naming the tensor or field, expected and found."""
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,51 +115,74 @@ CASES = {
 }
 
 
+REFUSAL_RUNNER = Path(__file__).with_name("vllm_refusal_runner.py")
+
+
+@pytest.fixture(scope="module")
+def refusals(tiny_checkpoints, tmp_path_factory) -> dict:
+    """Every refusal below, run through vLLM in one process (vllm_refusal_runner.py: one import and
+    engine set-up for all of them instead of ~30 s each): name -> {"refused", "error"}."""
+    from gptoss_dev.checkpoint_writer import random_state_dict, save_checkpoint
+
+    root = tmp_path_factory.mktemp("refusals")
+    runs = {}
+    for case, (tensors, config, _) in CASES.items():
+        bad = _corrupt(tiny_checkpoints["mxfp4"], root / case, tensors, config)
+        runs[case] = dict(model=str(bad), dtype="float32")
+    # a bf16 checkpoint whose expert width (80) is not a multiple of 32, asked to quantize to MXFP4
+    cfg = gpt_oss_config(**{**TINY, "intermediate_size": 80}, mxfp4=False)
+    ckpt = save_checkpoint(root / "bf16-width-80", cfg, random_state_dict(cfg, seed=1))
+    runs["quantize_width_80"] = dict(model=str(ckpt), dtype="float32", quantization="vllm_gptoss_mxfp4")
+    runs["lora"] = dict(model=str(tiny_checkpoints["mxfp4"]), dtype="float32", enable_lora=True)
+    spec, out = root / "spec.json", root / "out.json"
+    spec.write_text(json.dumps({"runs": runs}))
+    proc = subprocess.run([sys.executable, str(REFUSAL_RUNNER), str(spec), str(out)], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0 and out.exists(), f"refusal runner failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}"
+    got = json.loads(out.read_text())
+    assert set(got) == set(runs), (sorted(got), sorted(runs))
+    return got
+
+
+def _refusal_text(refusals: dict, name: str) -> str:
+    r = refusals[name]
+    assert r["refused"], f"vLLM loaded {name!r}, which it should have refused"
+    return r["error"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_vllm_refuses_bad_checkpoint(case, tiny_checkpoints, tmp_path):
-    tensors, config, message = CASES[case]
-    bad = _corrupt(tiny_checkpoints["mxfp4"], tmp_path / "ckpt", tensors, config)
-    output = run_vllm_expect_failure(tmp_path / "run", model=bad, dtype="float32", prompts=tiny_prompts(1),
-                                     max_tokens=4)
-    import re
-
-    assert re.search(message, output), output[-3000:]
+def test_vllm_refuses_bad_checkpoint(case, refusals):
+    message = CASES[case][2]
+    error = _refusal_text(refusals, case)
+    assert re.search(message, error), error[-3000:]
 
 
 @pytest.mark.slow
 def test_pipeline_parallel_ranks_check_every_tensor(tiny_checkpoints, tmp_path):
     """Under PP=2 each rank loads only its own layers, but still checks every tensor it streams past:
-    a misshapen tensor of the first stage's layer 0 is refused, not skipped by the stage without it."""
+    a misshapen tensor of the first stage's layer 0 is refused, not skipped by the stage without it.
+    (Also the one refusal here seen as a user sees it: in the log of vLLM's multiprocess engine.)"""
     tensors, config, message = CASES["shape"]
     bad = _corrupt(tiny_checkpoints["mxfp4"], tmp_path / "ckpt", tensors, config)
     output = run_vllm_expect_failure(tmp_path / "run", model=bad, dtype="float32", prompts=tiny_prompts(1),
                                      max_tokens=4, pipeline_parallel_size=2, enforce_eager=False)
-    import re
-
     hits = re.findall(r"Worker_PP(\d).*" + message, output)
     assert set(hits) == {"0", "1"}, output[-3000:]
 
 
 @pytest.mark.slow
-def test_quantizing_bf16_experts_needs_whole_mxfp4_blocks(tmp_path):
+def test_quantizing_bf16_experts_needs_whole_mxfp4_blocks(refusals):
     """`--quantization vllm_gptoss_mxfp4` on a bf16 checkpoint whose expert width (80) is not a
     multiple of 32: refused, naming the field and its value, before anything is quantized wrongly."""
-    from gptoss_dev.checkpoint_writer import random_state_dict, save_checkpoint
-
-    cfg = gpt_oss_config(**{**TINY, "intermediate_size": 80}, mxfp4=False)
-    ckpt = save_checkpoint(tmp_path / "ckpt", cfg, random_state_dict(cfg, seed=1))
-    output = run_vllm_expect_failure(tmp_path / "run", model=ckpt, dtype="float32", prompts=tiny_prompts(1),
-                                     max_tokens=4, quantization="vllm_gptoss_mxfp4")
-    assert "MXFP4 experts need intermediate_size to be a multiple of 32: config.json has 80" in output, \
-        output[-3000:]
+    error = _refusal_text(refusals, "quantize_width_80")
+    assert "MXFP4 experts need intermediate_size to be a multiple of 32: config.json has 80" in error, error[-3000:]
 
 
 @pytest.mark.slow
-def test_lora_refused_with_a_way_out(tiny_checkpoints, tmp_path):
+def test_lora_refused_with_a_way_out(refusals):
     """--enable-lora: our MoE method has no LoRA path, so the model refuses up front and names the
     switch to vLLM's built-in class, instead of vLLM's "Old-style modular kernel not supported"."""
-    output = run_vllm_expect_failure(tmp_path, model=tiny_checkpoints["mxfp4"], dtype="float32",
-                                     prompts=tiny_prompts(1), max_tokens=4, enable_lora=True)
-    assert "LoRA (--enable-lora) is not supported by this plugin's gpt-oss model" in output, output[-3000:]
-    assert "VLLM_GPTOSS_DISABLE=1" in output
+    error = _refusal_text(refusals, "lora")
+    assert "LoRA (--enable-lora) is not supported by this plugin's gpt-oss model" in error, error[-3000:]
+    assert "VLLM_GPTOSS_DISABLE=1" in error
