@@ -452,7 +452,9 @@ def test_fallback_to_torch_path(how, monkeypatch, tmp_path, caplog):
             m = GptOssMxfp4MoEMethod(moe=None)
             m.process_weights_after_loading(layer)
             methods.append(m)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # ours only: run alone, this test is where vLLM is first imported, and it warns about Triton
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name.startswith("vllm_gptoss")]
     assert all(m.cpu_native is None for m in methods)
     if how == "no_compiler":
         assert len(warnings) == 1 and "/nonexistent/g++" in warnings[0] and "torch path" in warnings[0]
