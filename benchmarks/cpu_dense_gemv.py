@@ -1,15 +1,16 @@
-"""The dense bf16 layers of gpt-oss on the CPU: the native decode GEMV against vLLM-CPU's oneDNN GEMM.
+"""The dense bf16 layers of gpt-oss on the CPU: the native GEMV / GEMM against vLLM-CPU's oneDNN GEMM.
 
     .venv/bin/python benchmarks/cpu_dense_gemv.py --out benchmarks/results/cpu_dense_gemv_zen5.json
 
 What it compares, per layer shape of gpt-oss (qkv 5120 x 2880, o_proj 2880 x 4096, lm_head 201,088 x
 2880; bf16 weights, bf16 activations and bias), in one process on the threads torch has:
-  native  `NativeKernels.linear` (linear_cpu.cpp; at most `gemv_max_tokens` tokens: the decode GEMV) on
-          the weight as the plugin allocates it (on transparent huge pages where Linux has them)
+  native  `NativeKernels.linear` (linear_cpu.cpp: the decode GEMV up to `gemv_max_tokens` tokens, the
+          bf16 GEMM above) on the weight as the plugin allocates it (on transparent huge pages where
+          Linux has them); the plugin runs it up to cpu_dense.NATIVE_MAX_TOKENS tokens
   onednn  vLLM-CPU's `onednn_mm` on the weight packed by `create_onednn_mm` (what vLLM-CPU gives the
           layer on AVX-512 CPUs)
-  torch   `torch.nn.functional.linear` on the plain weight (what the plugin runs above the GEMV's
-          token count)
+  torch   `torch.nn.functional.linear` on the plain weight (what the plugin runs above
+          NATIVE_MAX_TOKENS)
 Each variant cycles through several copies of the weight (over 400 MB in all, the lm_head: 2 copies of
 1.16 GB), so every call reads DRAM, as a decode step does; rounds run the variants in a random order
 and each round's figure is paired with oneDNN's in the same round. The machine's read bandwidth (best of
@@ -62,7 +63,7 @@ def main() -> int:
     native = native_cpu.load(native_cache_root())
     g = torch.Generator().manual_seed(0)
     rows = []
-    print(f"native build: {native.isa}, decode GEMV up to {native.gemv_max_tokens} tokens; "
+    print(f"native build: {native.isa}, decode GEMV up to {native.gemv_max_tokens} tokens, GEMM above; "
           f"{torch.get_num_threads()} threads")
     for name in a.shapes:
         N, K = SHAPES[name]

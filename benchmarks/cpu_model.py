@@ -22,6 +22,9 @@ itself). One warm-up request, then
            time), is kept as decode_tokens_per_s_by_difference: it carries a second prefill's noise,
            which dominates when the prefill takes longer than the decode (AVX2 machines).
            llama.cpp's decode is timed around its D eval calls alone.
+  --sequences S (vLLM variants): every request above is S such prompts submitted together (batched
+           decode, as a server with S users); prefill tok/s = S P / time, decode tok/s = S D / (the
+           last sequence's last token - the last sequence's first token), the span in which all S decode.
 Peak RSS: getrusage(RUSAGE_SELF).ru_maxrss of that process (weights, KV cache, everything); for vLLM
 variants also by phase (imports, load, requests): peak and final anonymous and file-backed RSS
 (`memory_gib_by_phase`, from /proc/self/status every 0.1 s), which says where the peak comes from.
@@ -35,8 +38,10 @@ VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `stock` (VLLM_GPTOS
 own class and MXFP4 method, which runs only on CPUs with AMX), `llamacpp` (llama-cpp-python on a GGUF
 of the same checkpoint: `cpu_model.py llamacpp --model CKPT --venv VENV` builds llama-cpp-python from
 its PyPI sdist in its own venv and converts with that release's convert_hf_to_gguf.py; then
-`run --variants llamacpp --gguf GGUF --llamacpp-venv VENV`). `--profile N` adds where N decode steps'
-time goes, by op (use with --enforce-eager). The machine's load average is recorded before and after each variant.
+`run --variants llamacpp --gguf GGUF --llamacpp-venv VENV`), and `native-*`: the native variant with one
+setting changed (NATIVE_VARIANT_ENV). `--baseline V` (default llamacpp): the variant each cycle's others
+are divided by. `--profile N` adds where N decode steps' time goes, by op (use with --enforce-eager).
+The machine's load average is recorded before and after each variant.
 """
 
 from __future__ import annotations
@@ -260,14 +265,18 @@ def _vllm_worker(spec: dict) -> dict:
     def prompt():
         return {"prompt_token_ids": [rng.randrange(V) for _ in range(spec["prompt_tokens"])]}
 
+    S = spec["sequences"]
+
     def timed(max_tokens):
-        p = prompt()
+        ps = [prompt() for _ in range(S)]
         sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
         t = time.perf_counter()
-        res = llm.generate([p], sp, use_tqdm=False)
+        res = llm.generate(ps, sp, use_tqdm=False)
         dt = time.perf_counter() - t
-        assert len(res[0].outputs[0].token_ids) == max_tokens
-        timed.metrics = res[0].metrics
+        assert all(len(r.outputs[0].token_ids) == max_tokens for r in res)
+        ms = [r.metrics for r in res]
+        # the last sequence to start decoding: from its first token to its last, all S decode
+        timed.metrics = None if None in ms else max(ms, key=lambda m: m.first_token_ts)
         return dt
 
     timed(2)  # warm-up
@@ -288,10 +297,10 @@ def _vllm_worker(spec: dict) -> dict:
                                                           "prefetch": native.prefetch},
             "anon_huge_pages_gib": int(huge[0].split()[1]) * 1024 / 2**30 if huge else None,
             "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
-            "prefill_tokens_per_s": spec["prompt_tokens"] / t_prefill,
+            "prefill_tokens_per_s": S * spec["prompt_tokens"] / t_prefill,
             "decode_s": decode_s,
-            "decode_tokens_per_s": spec["decode_tokens"] / (decode_s if decode_s else max(t_total - t_prefill, 1e-9)),
-            "decode_tokens_per_s_by_difference": spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
+            "decode_tokens_per_s": S * spec["decode_tokens"] / (decode_s if decode_s else max(t_total - t_prefill, 1e-9)),
+            "decode_tokens_per_s_by_difference": S * spec["decode_tokens"] / max(t_total - t_prefill, 1e-9),
             "peak_rss_bytes": rss, "memory_gib_by_phase": memory, "profile": profile}
 
 
@@ -383,13 +392,14 @@ NATIVE_VARIANT_ENV = {
     "native-4k": {"VLLM_GPTOSS_CPU_HUGE_PAGES": "0"},  # weights left on 4 KiB pages
     "native-l1": {"VLLM_GPTOSS_CPU_PREFETCH": "l1"},  # decode loops prefetch into L1
     "native-l2": {"VLLM_GPTOSS_CPU_PREFETCH": "l2"},  # ... into L2
+    "native-onednn": {"VLLM_GPTOSS_CPU_DENSE_GEMV": "0"},  # attention projections, lm_head: vLLM's oneDNN GEMM
 }
 
 
 def _run_variant(variant: str, args) -> dict:
     spec = {"model": str(args.model), "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
             "threads": args.threads, "enforce_eager": args.enforce_eager, "gguf": args.gguf, "variant": variant,
-            "profile": args.profile, "max_num_seqs": args.max_num_seqs,
+            "profile": args.profile, "max_num_seqs": args.max_num_seqs, "sequences": args.sequences,
             "max_num_batched_tokens": args.max_num_batched_tokens}
     env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                VLLM_CPU_OMP_THREADS_BIND=f"0-{args.threads - 1}" if args.threads > 1 else "0",
@@ -429,8 +439,8 @@ def _run_variant(variant: str, args) -> dict:
     return r
 
 
-def summarize(results: list[dict]) -> dict:
-    """Medians per variant and, per cycle, each vLLM variant's speed over llama.cpp's of that cycle."""
+def summarize(results: list[dict], baseline: str = "llamacpp") -> dict:
+    """Medians per variant and, per cycle, each other variant's speed over the baseline's of that cycle."""
     import statistics
 
     by_variant: dict[str, list[dict]] = {}
@@ -439,10 +449,10 @@ def summarize(results: list[dict]) -> dict:
     out: dict = {"medians": {v: {"runs": len(rs), **{k: statistics.median(r[k] for r in rs)
                                                    for k in ("decode_tokens_per_s", "prefill_tokens_per_s")}}
                              for v, rs in by_variant.items()}}
-    lc = {r["cycle"]: r for r in by_variant.get("llamacpp", [])}
+    lc = {r["cycle"]: r for r in by_variant.get(baseline, [])}
     ratios = {}
     for v, rs in by_variant.items():
-        pairs = [(r, lc[r["cycle"]]) for r in rs if v != "llamacpp" and r["cycle"] in lc]
+        pairs = [(r, lc[r["cycle"]]) for r in rs if v != baseline and r["cycle"] in lc]
         if not pairs:
             continue
         dec = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in pairs]
@@ -452,7 +462,8 @@ def summarize(results: list[dict]) -> dict:
                                 "cycles_ahead": sum(d >= 1 for d in dec), "each": dec},
                      "prefill": {"median": statistics.median(pre), "min": min(pre), "max": max(pre), "each": pre}}
     if ratios:
-        out["ratio_to_llamacpp"] = ratios
+        out["baseline"] = baseline
+        out[f"ratio_to_{baseline}"] = ratios
     return out
 
 
@@ -494,6 +505,9 @@ def main() -> int:
     r.add_argument("--gguf", help="GGUF of the same checkpoint for the llamacpp variant (made by `llamacpp`)")
     r.add_argument("--llamacpp-venv", type=Path, help="the venv `llamacpp` built (for the llamacpp variant)")
     r.add_argument("--prompt-tokens", type=int, default=256)
+    r.add_argument("--sequences", type=int, default=1,
+                   help="prompts submitted together per request (vLLM variants; batched decode, tokens/s over all)")
+    r.add_argument("--baseline", default="llamacpp", help="the variant each cycle's others are divided by")
     r.add_argument("--decode-tokens", type=int, default=32)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--kv-cache-gib", type=int, default=1)
@@ -528,6 +542,8 @@ def main() -> int:
         for variant in args.variants:
             if variant == "llamacpp" and not (args.gguf and args.llamacpp_venv):
                 p.error("--variants llamacpp needs --gguf and --llamacpp-venv (both made by the `llamacpp` command)")
+            if variant == "llamacpp" and args.sequences != 1:
+                p.error(f"--sequences {args.sequences}: the llamacpp variant decodes one sequence only")
             res = _run_variant(variant, args)
             res["cycle"] = cycle
             results.append(res)
@@ -550,13 +566,13 @@ def main() -> int:
                 print(f"    decode step {prof['wall_ms_per_step']:.1f} ms wall; self CPU ms per step by op:")
                 for k, v in list(prof["self_cpu_ms_per_step"].items())[:20]:
                     print(f"      {v:9.2f}  {k}")
-    summary = summarize(results) if args.repeat > 1 else None
+    summary = summarize(results, args.baseline) if args.repeat > 1 or len(args.variants) > 1 else None
     if summary:
         for variant, v in summary["medians"].items():
             print(f"  median over {v['runs']} runs: {variant:<8} prefill {v['prefill_tokens_per_s']:8.2f} tok/s   "
                   f"decode {v['decode_tokens_per_s']:8.2f} tok/s")
-        for variant, v in summary.get("ratio_to_llamacpp", {}).items():
-            print(f"  {variant} / llamacpp, same cycle: decode median {v['decode']['median']:.2f}x "
+        for variant, v in summary.get(f"ratio_to_{args.baseline}", {}).items():
+            print(f"  {variant} / {args.baseline}, same cycle: decode median {v['decode']['median']:.2f}x "
                   f"(min {v['decode']['min']:.2f}, max {v['decode']['max']:.2f}, ahead in {v['decode']['cycles_ahead']} "
                   f"of {v['cycles']}), prefill median {v['prefill']['median']:.2f}x")
     doc = {"benchmark": "cpu_model", "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -564,7 +580,8 @@ def main() -> int:
            "model_config": json.loads((args.model / "config.json").read_text()),
            "config": {k: getattr(args, k) for k in ("variants", "repeat", "prompt_tokens", "decode_tokens",
                                                     "threads", "kv_cache_gib", "enforce_eager", "memory_limit",
-                                                    "max_num_seqs", "max_num_batched_tokens")},
+                                                    "max_num_seqs", "max_num_batched_tokens", "sequences",
+                                                    "baseline")},
            "results": results, "summary": summary}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)

@@ -59,24 +59,28 @@ def _(x, weight, bias):
 
 # Below this, a call's fixed cost (~20 us through the op and ctypes) outweighs what streaming saves.
 GEMV_MIN_WEIGHT_BYTES = 1 << 20
+# Calls of at most this many tokens run the native kernel (GEMV, then GEMM), more torch's linear: on
+# AMD Zen 4 against vLLM-CPU's packed oneDNN GEMM, the native GEMM 0.92-0.97x at 128-256 tokens and
+# torch's 0.85-0.93x, but at 512-2048 tokens the native 0.84-0.93x and torch's 0.93-0.97x.
+NATIVE_MAX_TOKENS = 256
 # the values VLLM_GPTOSS_CPU_DENSE_GEMV accepts (module docstring says what each does)
 GEMV_SETTINGS = ("0", "auto", "1", "all")
 
 
-@torch.library.custom_op("vllm_gptoss::linear_cpu_gemv_or_torch", mutates_args=())
-def cpu_gemv_or_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       bias32: torch.Tensor | None) -> torch.Tensor:
-    """torch's linear(x, weight, bias), by the native GEMV when x has few tokens (bias32: the bias in
-    float32, as the GEMV adds it)."""
+@torch.library.custom_op("vllm_gptoss::linear_cpu_native_or_torch", mutates_args=())
+def cpu_native_or_torch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               bias32: torch.Tensor | None) -> torch.Tensor:
+    """torch's linear(x, weight, bias), by the native bf16 GEMV / GEMM when x has at most
+    NATIVE_MAX_TOKENS tokens (bias32: the bias in float32, as the native kernel adds it)."""
     native = cpu_native_kernel()
     if native is None:
         raise RuntimeError("the native CPU kernels are not available (see the warning at load)")
-    if x.dtype == torch.bfloat16 and x.numel() <= native.gemv_max_tokens * x.shape[-1]:
+    if x.dtype == torch.bfloat16 and x.numel() <= NATIVE_MAX_TOKENS * x.shape[-1]:
         return native.linear(x, weight, bias32)
     return torch.nn.functional.linear(x, weight, bias)
 
 
-@cpu_gemv_or_linear.register_fake
+@cpu_native_or_torch_linear.register_fake
 def _(x, weight, bias, bias32):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -126,7 +130,7 @@ def maybe_take_gemm(layer: torch.nn.Module) -> bool:
         return False
     if setting == "auto" and native.has_amx:
         return False  # oneDNN's packed GEMM measured faster there (module docstring)
-    _install(layer, weight, cpu_gemv_or_linear, "native bf16 decode GEMV")
+    _install(layer, weight, cpu_native_or_torch_linear, "native bf16 GEMV / GEMM")
     return True
 
 

@@ -224,13 +224,13 @@ def _native_gemv_max_tokens() -> int:
 
 
 def test_bf16_decode_gemv_logprobs(tiny_checkpoints, tmp_path):
-    """The dense layers on the native decode GEMV (VLLM_GPTOSS_CPU_DENSE_GEMV=all: the tiny model's
+    """The dense layers on the native GEMV / GEMM (VLLM_GPTOSS_CPU_DENSE_GEMV=all: the tiny model's
     layers are below the default 1 MiB): the attention projections and the lm_head take it where the
-    build has it, and the
-    logprob of each greedy token (4 prompts decoded together: 4-token GEMV calls; the first token
-    from the prefill, torch's linear) stays within the bf16 bounds of transformers' float32 logprobs
-    of the same tokens. Without the GEMV (=0), the layers keep vLLM's GEMM."""
-    prompts = tiny_prompts(4, seed=5)
+    build has it, and the logprob of each greedy token (2 prompts decoded together: 2-token calls, the
+    GEMV; their prefill, 49 tokens: the GEMM, but the lm_head's 2 rows the GEMV) stays within the bf16
+    bounds of transformers' float32 logprobs of the same tokens. Without them (=0), the layers keep
+    vLLM's GEMM."""
+    prompts = tiny_prompts(2, seed=5)
     runs = {v: run_vllm(tmp_path / v, model=tiny_checkpoints["mxfp4"], dtype="bfloat16", prompts=prompts,
                         max_tokens=12, decode_logprobs=True, env={"VLLM_GPTOSS_CPU_DENSE_GEMV": v})
             for v in ("all", "0")}

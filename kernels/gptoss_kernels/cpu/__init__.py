@@ -195,8 +195,9 @@ class NativeKernels:
         lin.restype = ctypes.c_int
         lin.argtypes = [ctypes.c_int, vp, vp, vp, vp, i64, i64, i64]
         self._linear = lin
-        # bf16 calls of at most this many tokens (K a multiple of 32) take the decode GEMV, which
-        # streams the weights faster than oneDNN's (linear_cpu.cpp); 0 on builds without AVX512_BF16
+        # bf16 calls (K a multiple of 32) of at most this many tokens take the decode GEMV, more
+        # tokens the register-blocked bf16 GEMM (linear_cpu.cpp); 0 on builds without AVX512_BF16,
+        # which have neither (bf16 x is widened to float32 there)
         self.gemv_max_tokens = self.lib.gptoss_cpu_gemv_max_tokens()
         # Intel AMX: there oneDNN's packed bf16 GEMM streams the dense layers faster than the GEMV
         # (Xeon, 2026-12-06: the GEMV 0.74-1.0x at 1-8 tokens), so callers keep oneDNN's by default

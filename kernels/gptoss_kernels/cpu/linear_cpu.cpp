@@ -99,11 +99,12 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // independent accumulator chains per token hide the dot product's latency when the tokens are few.
 // Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5 (benchmarks/cpu_dense_gemv.py,
 // BENCHMARKS.md), attention projections and lm_head: one token
-// 0.99-1.08x (host at ~48 GB/s) to 1.08-1.33x (~75 GB/s), 2 tokens 0.97-1.09x, 4 tokens 0.89-0.99x,
-// 8 tokens 0.73-0.86x; torch's linear on the plain weight (what runs above 8 tokens): 0.67-0.74x.
-constexpr int kGemvMaxT = 8;
+// 0.99-1.08x (host at ~48 GB/s) to 1.08-1.33x (~75 GB/s), 2 tokens 0.97-1.09x. From 3 tokens the
+// GEMM below is faster (AMD Zen 4, same process, weights on huge pages: 1.15-1.36x at 3-8 tokens;
+// at 1-2 tokens the GEMV 1.00-1.09x on the qkv and lm_head shapes, 0.88-0.89x on o_proj's).
+constexpr int kGemvMaxT = 2;
 constexpr int64_t kGemvAhead = 4096;
-static_assert(kGemvMaxT <= 8, "gemv_bf16 instantiates up to 8 tokens");
+static_assert(kGemvMaxT == 2, "gemv_bf16 instantiates 1 and 2 tokens");
 
 // R adjacent rows from row n against M tokens, C accumulator chains per (row, token): every loaded
 // weight block serves M tokens and every activation block R rows
@@ -156,25 +157,109 @@ void gemv_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const uint1
   for (; n < n1; ++n) gemv_block<1, M, C>(w, K, n, xs, bias, y, N);
 }
 
-// bf16 x [T, K] with T <= kGemvMaxT and K a multiple of 32; y [T, N] bf16
+// bf16 x [T, K] with 1 <= T <= kGemvMaxT and K a multiple of 32; y [T, N] bf16
 void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_, int64_t T, int64_t N,
                int64_t K) {
   const uint16_t* xs[kGemvMaxT];
   for (int64_t t = 0; t < T; ++t) xs[t] = x + t * K;
   uint16_t* y = (uint16_t*)y_;
   gk::run_stretches(N, [&](int64_t n0, int64_t n1) {
-    // R rows x M tokens x C chains: >= 4 chains, <= 16 accumulators (32 registers). One row at a
-    // time (one stream) up to 4 tokens; 2 rows above, where one row's 5-8 chains ran slower (Zen 5:
-    // 4 tokens 1 row 0.93x oneDNN's packed GEMM, 2 rows 0.76-0.86x; 8 tokens 0.49-0.61x, 0.72-0.88x)
-    switch (T) {
-      case 1: gemv_rows<1, 1, 4>(w, K, n0, n1, xs, bias, y, N); break;
-      case 2: gemv_rows<1, 2, 2>(w, K, n0, n1, xs, bias, y, N); break;
-      case 3: gemv_rows<1, 3, 2>(w, K, n0, n1, xs, bias, y, N); break;
-      case 4: gemv_rows<1, 4, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 5: gemv_rows<2, 5, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 6: gemv_rows<2, 6, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      case 7: gemv_rows<2, 7, 1>(w, K, n0, n1, xs, bias, y, N); break;
-      default: gemv_rows<2, 8, 1>(w, K, n0, n1, xs, bias, y, N); break;
+    // one row at a time (one stream), C chains so that 4 accumulators hide vdpbf16ps's latency
+    if (T == 1)
+      gemv_rows<1, 1, 4>(w, K, n0, n1, xs, bias, y, N);
+    else
+      gemv_rows<1, 2, 2>(w, K, n0, n1, xs, bias, y, N);
+  });
+}
+
+// More tokens (batched decode, prefill chunks): a register-blocked GEMM on the same plain weight.
+// Each thread takes one stretch of row blocks of kGemmRows rows (64 x K x 2 bytes: 368 KB at
+// K = 2880, L2-resident); every group of at most kGemmTok tokens (the groups as even as T allows)
+// passes over the block's rows in tiles of 8 rows x M tokens (per 32 k: 8 + M loads for 8 M
+// vdpbf16ps; 24 accumulators of the 32 registers; the token group's activations stay in L1). While
+// it runs, each group's pass prefetches its share of the next block into L2 (group g of G: the g-th
+// G-th of its k range), so that the weights stream from DRAM during the whole block's compute, not
+// in a burst at the start of it. On AMD Zen 4 (2 threads, weights from DRAM, BENCHMARKS.md), against
+// vLLM-CPU's packed oneDNN GEMM: 0.8-1.0x from 3 to 256 tokens, where torch's linear on the plain
+// weight ran 0.56-0.93x; the next-block prefetch alone 1.01-1.13x; tiles of 4 x 6 and 6 x 4 ran at
+// 0.9-1.0x of 8 x 3.
+constexpr int64_t kGemmRows = 64;
+constexpr int kGemmTok = 3;
+constexpr int kGemmR = 8;
+
+// h[r * M + m] = W[r, :] . x_m for R rows at w (row stride K); prefetches the same rows `next`
+// elements further on (the next block), k blocks [lo, hi) of them
+template <int R, int M, bool kPrefetch>
+inline void gemm_tile(const uint16_t* w, int64_t K, const uint16_t* const* xs, float* h, int64_t next,
+                      int64_t lo, int64_t hi) {
+  const int64_t kb = K / 32;
+  __m512 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < kb; ++b) {
+    __m512bh xv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      if (kPrefetch && b >= lo && b < hi) _mm_prefetch((const char*)(w + r * K + b * 32 + next), _MM_HINT_T1);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + b * 32);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wv, xv[m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) h[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+// rows [0, rows) of w against M tokens: h[r * M + m]
+template <int M, bool kPrefetch>
+void gemm_rows(const uint16_t* w, int64_t K, int64_t rows, const uint16_t* const* xs, float* h, int64_t next,
+               int64_t lo, int64_t hi) {
+  int64_t r = 0;
+  for (; r + kGemmR <= rows; r += kGemmR) gemm_tile<kGemmR, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
+  for (; r + 2 <= rows; r += 2) gemm_tile<2, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
+  for (; r < rows; ++r) gemm_tile<1, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
+}
+
+// bf16 x [T, K], K a multiple of 32; y [T, N] bf16
+void gemm_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_, int64_t T, int64_t N,
+               int64_t K) {
+  static_assert(kGemmTok == 3, "gemm_bf16 instantiates groups of 1 to 3 tokens");
+  uint16_t* y = (uint16_t*)y_;
+  const int64_t groups = (T + kGemmTok - 1) / kGemmTok, kb = K / 32;
+  gk::run_stretches((N + kGemmRows - 1) / kGemmRows, [&](int64_t i0, int64_t i1) {
+    float h[kGemmRows * kGemmTok];
+    const uint16_t* xs[kGemmTok];
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n0 = it * kGemmRows, rows = std::min(kGemmRows, N - n0);
+      const int64_t next = it + 1 < i1 ? kGemmRows * K : 0;  // the thread's next block, if any
+      const uint16_t* wb = w + n0 * K;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t t0 = T * g / groups, M = T * (g + 1) / groups - t0;
+        const int64_t lo = kb * g / groups, hi = kb * (g + 1) / groups;
+        for (int64_t m = 0; m < M; ++m) xs[m] = x + (t0 + m) * K;
+#define GK_M(MM)                                                    \
+  case MM:                                                          \
+    if (next)                                                       \
+      gemm_rows<MM, true>(wb, K, rows, xs, h, next, lo, hi);        \
+    else                                                            \
+      gemm_rows<MM, false>(wb, K, rows, xs, h, 0, 0, 0);            \
+    break;
+        switch (M) {
+          GK_M(1) GK_M(2) GK_M(3)
+          default:
+            break;
+        }
+#undef GK_M
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = 0; r < rows; ++r)
+            y[(t0 + m) * N + n0 + r] = gk::f32_to_bf16(h[r * M + m] + (bias ? bias[n0 + r] : 0.f));
+      }
     }
   });
 }
@@ -199,8 +284,11 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
                            int64_t T, int64_t N, int64_t K) {
   if (x_mode != 0 && x_mode != 1) return 2;
 #if defined(GK_BF16)
-  if (x_mode == 1 && T <= kGemvMaxT && K % 32 == 0) {
-    gemv_bf16((const uint16_t*)x, w, bias, y, T, N, K);
+  if (x_mode == 1 && K % 32 == 0) {
+    if (T <= kGemvMaxT)
+      gemv_bf16((const uint16_t*)x, w, bias, y, T, N, K);
+    else
+      gemm_bf16((const uint16_t*)x, w, bias, y, T, N, K);
     return 0;
   }
 #endif
