@@ -12,16 +12,17 @@ registered as a torch custom op so that vLLM's torch.compile keeps it as one cal
 
 On CPUs with AVX512_BF16 but without AMX, where vLLM-CPU packs each layer's weight for oneDNN and
 drops the original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,
-without oneDNN's packed copy (the same bytes): calls of at most 8 tokens (decode) run the native
-GEMV (linear_cpu.cpp: each thread streams one stretch of rows, prefetched ahead; against oneDNN's
-packed GEMM on AMD Zen 5, BENCHMARKS.md: one or two tokens 0.97-1.33x, 4 tokens 0.89-0.99x, 8 tokens
-0.73-0.86x), more tokens torch's linear, which is oneDNN's matmul on the plain weight: 0.78-0.86x the
-packed one at 64 tokens, 0.97x at 256 (measured there). So one or two sequences decode faster and
-prefill is as fast, but 4-64 sequences decoding together run these layers up to 30% slower than
-with vLLM's GEMM: for batch serving set VLLM_GPTOSS_CPU_DENSE_GEMV=0. On CPUs with AMX (Intel Xeon)
+without oneDNN's packed copy (the same bytes): calls of at most NATIVE_MAX_TOKENS (256) tokens run the
+native kernel (linear_cpu.cpp): 1-2 tokens (one or two sequences decoding) the GEMV, each thread
+streaming one stretch of rows, prefetched ahead; 3-256 tokens (batched decode) a register-blocked
+GEMM. More tokens (long prefill chunks) run torch's linear, which is oneDNN's matmul on the plain
+weight. Against oneDNN's packed GEMM (BENCHMARKS.md, AMD Zen 4 unless said): 1-2 tokens 1.27-1.64x
+(Zen 5: 0.97-1.33x), 3 tokens 1.15-1.21x, 4-256 tokens 0.84-1.13x, above 256 torch's 0.93-0.97x;
+whole 20b model, 8 and 32 sequences decoding together: 0.91-1.02x vLLM's GEMM in these layers.
+On CPUs with AMX (Intel Xeon)
 oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
 size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the
-plain weight 0.74-0.97x at 16-64 tokens.
+plain weight 0.74-0.97x at 16-64 tokens (the GEMM is unmeasured there).
 VLLM_GPTOSS_CPU_DENSE_GEMV=0 keeps vLLM's oneDNN GEMM everywhere, `1` takes the GEMV on AMX CPUs
 too, `all` as `1` and small models' layers too;
 VLLM_GPTOSS_CPU_NATIVE=0 leaves vLLM's choice everywhere (and the MoE on the torch path).
@@ -60,8 +61,8 @@ def _(x, weight, bias):
 # Below this, a call's fixed cost (~20 us through the op and ctypes) outweighs what streaming saves.
 GEMV_MIN_WEIGHT_BYTES = 1 << 20
 # Calls of at most this many tokens run the native kernel (GEMV, then GEMM), more torch's linear: on
-# AMD Zen 4 against vLLM-CPU's packed oneDNN GEMM, the native GEMM 0.92-0.97x at 128-256 tokens and
-# torch's 0.85-0.93x, but at 512-2048 tokens the native 0.84-0.93x and torch's 0.93-0.97x.
+# AMD Zen 4 against vLLM-CPU's packed oneDNN GEMM, the native GEMM 0.93-1.05x at 128-256 tokens and
+# torch's 0.85-1.00x, at 384 both 0.93-0.96x, at 512-2048 the native 0.83-0.96x and torch's 0.94-0.96x.
 NATIVE_MAX_TOKENS = 256
 # the values VLLM_GPTOSS_CPU_DENSE_GEMV accepts (module docstring says what each does)
 GEMV_SETTINGS = ("0", "auto", "1", "all")

@@ -100,8 +100,9 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // Against vLLM-CPU's packed oneDNN GEMM on AMD Zen 5 (benchmarks/cpu_dense_gemv.py,
 // BENCHMARKS.md), attention projections and lm_head: one token
 // 0.99-1.08x (host at ~48 GB/s) to 1.08-1.33x (~75 GB/s), 2 tokens 0.97-1.09x. From 3 tokens the
-// GEMM below is faster (AMD Zen 4, same process, weights on huge pages: 1.15-1.36x at 3-8 tokens;
-// at 1-2 tokens the GEMV 1.00-1.09x on the qkv and lm_head shapes, 0.88-0.89x on o_proj's).
+// GEMM below is faster (AMD Zen 4, same process, weights from DRAM: 3 tokens 0.96-1.36x, 4 tokens
+// 1.19-1.40x, 8 tokens 1.05-1.25x; at 1-2 tokens the GEMV 1.00-1.09x on the qkv and lm_head shapes on
+// huge pages, 0.88-0.89x on o_proj's).
 constexpr int kGemvMaxT = 2;
 constexpr int64_t kGemvAhead = 4096;
 static_assert(kGemvMaxT == 2, "gemv_bf16 instantiates 1 and 2 tokens");
