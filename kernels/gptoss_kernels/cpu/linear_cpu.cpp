@@ -181,9 +181,9 @@ void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_
 // it runs, each group's pass prefetches its share of the next block into L2 (group g of G: the g-th
 // G-th of its k range), so that the weights stream from DRAM during the whole block's compute, not
 // in a burst at the start of it. On AMD Zen 4 (2 threads, weights from DRAM, BENCHMARKS.md), against
-// vLLM-CPU's packed oneDNN GEMM: 0.8-1.0x from 3 to 256 tokens, where torch's linear on the plain
-// weight ran 0.56-0.93x; the next-block prefetch alone 1.01-1.13x; tiles of 4 x 6 and 6 x 4 ran at
-// 0.9-1.0x of 8 x 3.
+// vLLM-CPU's packed oneDNN GEMM: 1.15-1.21x at 3 tokens, 0.84-1.13x from 4 to 256, where torch's
+// linear on the plain weight ran 0.49-1.00x; the next-block prefetch alone 1.01-1.13x; tiles of 4 x 6
+// and 6 x 4 ran at 0.9-1.0x of 8 x 3.
 constexpr int64_t kGemmRows = 64;
 constexpr int kGemmTok = 3;
 constexpr int kGemmR = 8;
