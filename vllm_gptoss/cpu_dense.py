@@ -18,7 +18,8 @@ streaming one stretch of rows, prefetched ahead; 3-256 tokens (batched decode) a
 GEMM. More tokens (long prefill chunks) run torch's linear, which is oneDNN's matmul on the plain
 weight. Against oneDNN's packed GEMM (BENCHMARKS.md, AMD Zen 4 unless said): 1-2 tokens 1.27-1.64x
 (Zen 5: 0.97-1.33x), 3 tokens 1.15-1.21x, 4-256 tokens 0.84-1.13x, above 256 torch's 0.93-0.97x;
-whole 20b model, 8 and 32 sequences decoding together: 0.91-1.02x vLLM's GEMM in these layers.
+whole 20b model, 4 / 8 / 32 sequences decoding together: median 0.95x / 0.91-1.02x / 1.01x the
+decode speed with vLLM's GEMM in these layers.
 On CPUs with AMX (Intel Xeon)
 oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
 size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the
