@@ -16,8 +16,8 @@ without oneDNN's packed copy (the same bytes): calls of at most NATIVE_MAX_TOKEN
 native kernel (linear_cpu.cpp): 1-2 tokens (one or two sequences decoding) the GEMV, each thread
 streaming one stretch of rows, prefetched ahead; 3-256 tokens (batched decode) a register-blocked
 GEMM. More tokens (long prefill chunks) run torch's linear, which is oneDNN's matmul on the plain
-weight. Against oneDNN's packed GEMM (BENCHMARKS.md, AMD Zen 4 unless said): 1-2 tokens 1.27-1.64x
-(Zen 5: 0.97-1.33x), 3 tokens 1.15-1.21x, 4-256 tokens 0.84-1.13x, above 256 torch's 0.93-0.97x;
+weight. Against oneDNN's packed GEMM (BENCHMARKS.md, AMD Zen 4 unless said): 1-2 tokens 1.21-1.69x
+(Zen 5: 0.97-1.33x), 3 tokens 1.10-1.22x, 4-256 tokens 0.82-1.13x, above 256 torch's 0.93-0.97x;
 whole 20b model, 4 / 8 / 32 sequences decoding together: median 0.95x / 0.91-1.02x / 1.01x the
 decode speed with vLLM's GEMM in these layers.
 On CPUs with AMX (Intel Xeon)

@@ -482,7 +482,7 @@ def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
     bf16 x: the output rounded to bf16 (rel. <= 1e-2). With AVX512_BF16, bf16 x with K a multiple
     of 32 takes the decode GEMV up to `gemv_max_tokens` (2) tokens (one stretch of rows a thread, N
     below the thread count or odd, K not a multiple of the chains), the GEMM above (token groups split
-    evenly, 8- and 2-row tiles and single rows, row blocks of 64, a partial one, and threads with
+    evenly, 8-, 6- and 2-row tiles and single rows, row blocks of 64, a partial one, and threads with
     several blocks, which prefetch the next one); other K neither.
     """
     g = torch.Generator().manual_seed(T * 1000 + N + K)

@@ -176,17 +176,20 @@ void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_
 // More tokens (batched decode, prefill chunks): a register-blocked GEMM on the same plain weight.
 // Each thread takes one stretch of row blocks of kGemmRows rows (64 x K x 2 bytes: 368 KB at
 // K = 2880, L2-resident); every group of at most kGemmTok tokens (the groups as even as T allows)
-// passes over the block's rows in tiles of 8 rows x M tokens (per 32 k: 8 + M loads for 8 M
-// vdpbf16ps; 24 accumulators of the 32 registers; the token group's activations stay in L1). While
-// it runs, each group's pass prefetches its share of the next block into L2 (group g of G: the g-th
-// G-th of its k range), so that the weights stream from DRAM during the whole block's compute, not
-// in a burst at the start of it. On AMD Zen 4 (2 threads, weights from DRAM, BENCHMARKS.md), against
-// vLLM-CPU's packed oneDNN GEMM: 1.15-1.21x at 3 tokens, 0.84-1.13x from 4 to 256, where torch's
-// linear on the plain weight ran 0.49-1.00x; the next-block prefetch alone 1.01-1.13x; tiles of 4 x 6
-// and 6 x 4 ran at 0.9-1.0x of 8 x 3.
+// passes over the block's rows in tiles of R rows x M tokens, 8 x M up to 3 tokens and 6 x 4 (per
+// 32 k: R + M loads for R M vdpbf16ps; at most 24 accumulators of the 32 registers; the group's
+// activations stay in L1). While it runs, each group's pass prefetches its share of the next block
+// into L2 (group g of G: the g-th G-th of its k range), so that the weights stream from DRAM during
+// the whole block's compute, not in a burst at the start of it. On AMD Zen 4 (2 threads, weights from DRAM, BENCHMARKS.md), against
+// vLLM-CPU's packed oneDNN GEMM: 1.10-1.22x at 3 tokens, 0.82-1.13x from 4 to 256, where torch's
+// linear on the plain weight ran 0.53-0.93x; the next-block prefetch alone 1.01-1.13x; with groups
+// of 3 tokens, tiles of 4 x 6 and 6 x 4 ran at 0.9-1.0x of 8 x 3; groups of 4 on 6 x 4 tiles where T
+// allows them 1.05-1.14x at 4 and 16 tokens, 0.99-1.04x elsewhere (fewer passes over each block).
 constexpr int64_t kGemmRows = 64;
-constexpr int kGemmTok = 3;
-constexpr int kGemmR = 8;
+constexpr int kGemmTok = 4;
+// rows a tile for M tokens: 24 accumulators at 3 and 4 tokens
+template <int M>
+constexpr int kGemmTileRows = M == 4 ? 6 : 8;
 
 // h[r * M + m] = W[r, :] . x_m for R rows at w (row stride K); prefetches the same rows `next`
 // elements further on (the next block), k blocks [lo, hi) of them
@@ -222,7 +225,8 @@ template <int M, bool kPrefetch>
 void gemm_rows(const uint16_t* w, int64_t K, int64_t rows, const uint16_t* const* xs, float* h, int64_t next,
                int64_t lo, int64_t hi) {
   int64_t r = 0;
-  for (; r + kGemmR <= rows; r += kGemmR) gemm_tile<kGemmR, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
+  constexpr int R = kGemmTileRows<M>;
+  for (; r + R <= rows; r += R) gemm_tile<R, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
   for (; r + 2 <= rows; r += 2) gemm_tile<2, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
   for (; r < rows; ++r) gemm_tile<1, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
 }
@@ -230,7 +234,7 @@ void gemm_rows(const uint16_t* w, int64_t K, int64_t rows, const uint16_t* const
 // bf16 x [T, K], K a multiple of 32; y [T, N] bf16
 void gemm_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_, int64_t T, int64_t N,
                int64_t K) {
-  static_assert(kGemmTok == 3, "gemm_bf16 instantiates groups of 1 to 3 tokens");
+  static_assert(kGemmTok == 4, "gemm_bf16 instantiates groups of 1 to 4 tokens");
   uint16_t* y = (uint16_t*)y_;
   const int64_t groups = (T + kGemmTok - 1) / kGemmTok, kb = K / 32;
   gk::run_stretches((N + kGemmRows - 1) / kGemmRows, [&](int64_t i0, int64_t i1) {
@@ -252,7 +256,7 @@ void gemm_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_
       gemm_rows<MM, false>(wb, K, rows, xs, h, 0, 0, 0);            \
     break;
         switch (M) {
-          GK_M(1) GK_M(2) GK_M(3)
+          GK_M(1) GK_M(2) GK_M(3) GK_M(4)
           default:
             break;
         }
