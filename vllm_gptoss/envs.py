@@ -33,7 +33,7 @@ ENV_VARS = {
     CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX512_BF16 "
                     "CPUs (default auto: without AMX, the native GEMV / GEMM up to 256 tokens, torch's linear for "
                     "more, on layers of >= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
-    CPU_PREFETCH: "l1|l2: the cache the native AVX512_BF16 decode loops (one-token MoE, dense GEMV) prefetch "
+    CPU_PREFETCH: "l1|l2: the cache the native AVX-512 decode loops (few-token MoE, dense GEMV) prefetch "
                   "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
     CPU_HUGE_PAGES: "0: do not ask Linux for transparent huge pages under the model's large CPU weights "
                     "(default: asked where THP is in `madvise` mode; decoding streams them faster)",

@@ -53,17 +53,33 @@ def native(cache_root):
 X86 = platform.machine() in ("x86_64", "AMD64")
 
 
-# -march=native: the best path of this CPU (AVX512_BF16 here); x86-64-v3: the AVX2 path; x86-64: scalar
-@pytest.fixture(scope="module", params=["native", "x86-64-v3", "x86-64"])
-def any_isa(request, cache_root):
-    if request.param != "native" and not X86:
-        pytest.skip("the AVX2 and scalar builds are x86 -march values")
-    n = _load(cache_root / "native", request.param)
-    if request.param == "x86-64-v3":
-        assert n.isa == "avx2"
-    elif request.param == "x86-64":
-        assert n.isa == "scalar"
+# -march values of the other paths, and the CPU flags each needs to run here
+AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+MARCH_NEEDS = {"x86-64-v3": {"avx2", "fma"}, "x86-64": set(),
+               # Intel Xeon Skylake-SP: AVX-512 without AVX512_BF16 or VNNI; Cascade Lake: with VNNI
+               "skylake-avx512": AVX512_FLAGS, "cascadelake": AVX512_FLAGS | {"avx512_vnni"}}
+MARCH_ISA = {"x86-64-v3": "avx2", "x86-64": "scalar", "skylake-avx512": "avx512", "cascadelake": "avx512"}
+
+
+def _load_march(cache_root, march):
+    """The build for `march`, skipping where this CPU cannot run it."""
+    if not X86:
+        pytest.skip(f"-march={march} is an x86 target")
+    missing = MARCH_NEEDS[march] - set(native_cpu._cpu_flags())
+    if missing:
+        pytest.skip(f"this CPU lacks {sorted(missing)} for -march={march}")
+    n = _load(cache_root / "native", march)
+    assert n.isa == MARCH_ISA[march]
     return n
+
+
+# -march=native: the best path of this CPU (AVX512_BF16 here); x86-64-v3: the AVX2 path;
+# skylake-avx512: AVX-512 without AVX512_BF16 (bf16 activations on the q16 path); x86-64: scalar
+@pytest.fixture(scope="module", params=["native", "x86-64-v3", "skylake-avx512", "x86-64"])
+def any_isa(request, cache_root):
+    if request.param == "native":
+        return _load(cache_root / "native", "native")
+    return _load_march(cache_root, request.param)
 
 
 def _experts(E, H, I, g, scale_lo=118, scale_hi=124):
@@ -156,25 +172,25 @@ def test_every_isa_matches_reference(any_isa, dtype, T, k):
     _check(any_isa, x, w, ids, p, BOUNDS[dtype])
 
 
-@pytest.fixture(scope="module")
-def q16_build(cache_root):
-    """A build with the q16 path: this CPU's own if it is AVX2 without AVX-512, else x86-64-v3."""
-    n = _load(cache_root / "native", "native")
-    if n.isa != "avx2":
-        if not X86:
-            pytest.skip("the q16 path exists only in x86 AVX2 builds (-march=x86-64-v3); this CPU is not x86")
-        n = _load(cache_root / "native", "x86-64-v3")
-    assert n.isa == "avx2" and n.act_mode(torch.bfloat16) == native_cpu.MODE_Q16
+@pytest.fixture(scope="module", params=["x86-64-v3", "skylake-avx512", "cascadelake"])
+def q16_build(request, cache_root):
+    """The builds with a q16 path: AVX2 (vpmaddwd on 256-bit words), AVX-512 (the nibble-table decode,
+    vpmaddwd), AVX-512 + VNNI (vpdpwssd)."""
+    n = _load_march(cache_root, request.param)
+    assert n.features & native_cpu.FEATURE_Q16 and n.act_mode(torch.bfloat16) == native_cpu.MODE_Q16
+    assert bool(n.features & native_cpu.FEATURE_VNNI) == (request.param == "cascadelake")
     return n
 
 
 Q16_BOUND = 2e-4
 
 
-@pytest.mark.parametrize("T,k", [(1, 4), (3, 1), (17, 4), (64, 4)])
-def test_q16_matches_float32_reference(q16_build, T, k):
-    """float32 in and out through the q16 mode: what the int16 quantization alone costs."""
-    E, H, I = 7, 128, 96
+@pytest.mark.parametrize("T,k,H,I", [(1, 4, 128, 96), (3, 1, 160, 96), (17, 4, 128, 224), (64, 4, 352, 96)])
+def test_q16_matches_float32_reference(q16_build, T, k, H, I):
+    """float32 in and out through the q16 mode: what the int16 quantization alone costs. Rows of
+    whole and partial groups of 4 blocks (the AVX-512 decode's unit): 96 = 3 blocks, 160 = 4 + 1,
+    224 = 4 + 3, 352 = 2 x 4 + 3."""
+    E = 7
     g = torch.Generator().manual_seed(500 + T + k)
     p = _experts(E, H, I, g)
     x = torch.randn(T, H, generator=g) * 4

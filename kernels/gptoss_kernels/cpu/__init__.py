@@ -18,10 +18,11 @@ No vLLM import here. Public:
 Numerics: float32 activations run float32 math on exactly dequantized weights (as moe_reference,
 up to summation order); bfloat16 activations, on CPUs with AVX512_BF16, multiply bf16 activations
 by exactly-dequantized bf16 weights with float32 sums (the SwiGLU output is rounded to bf16 before
-the down projection); on AVX2 CPUs without AVX-512, bf16/fp16 activations are quantized to int16
-per 32-block inside the kernel (step = block max / 32767: error ~1e-5 of the block's largest value,
-two orders below bf16's own rounding) for integer dot products with the 2x-E2M1 codes, blocks with
-extreme E8M0 scales exactly in float32; elsewhere bf16/fp16 activations are converted to float32.
+the down projection); on AVX2 CPUs and on AVX-512 CPUs without AVX512_BF16 (fp16 activations on
+any of them), 16-bit activations are quantized to int16 per 32-block inside the kernel (step =
+block max / 32767: error ~1e-5 of the block's largest value, two orders below bf16's own rounding)
+for integer dot products with the 2x-E2M1 codes (AVX512_VNNI's vpdpwssd where present), blocks
+with extreme E8M0 scales exactly in float32; the scalar build converts 16-bit activations to float32.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ LIB_NAME = "gptoss_moe_cpu.so"
 # ISA flags of /proc/cpuinfo that change what -march=native compiles
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
               "avx512_bf16", "avx512vbmi", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
-FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2 = 1, 2, 4  # gptoss_cpu_features() bits
+FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2, FEATURE_Q16, FEATURE_VNNI = 1, 2, 4, 8, 16  # gptoss_cpu_features() bits
 MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # Tokens per kernel call: longer inputs run in chunks of this many. The kernel's buffers grow with
 # tokens x top-k (SwiGLU rows, weighted outputs, nibble-layout rows: ~100 MB at 1024 tokens, top-4,
@@ -56,7 +57,7 @@ MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # on the CPU): unchunked, its transient RSS was 0.29 GiB higher at 20b. Each chunk re-reads the
 # touched experts (~0.4 GB at 20b), ~2% of a 1024-token chunk's time.
 MOE_CHUNK_TOKENS = 1024
-# The cache the AVX512_BF16 decode loops (the MoE's few-token path, the dense GEMV) prefetch the
+# The cache the AVX-512 decode loops (the MoE's few-token paths, the dense GEMV) prefetch the
 # weights they read next into: the name a caller passes -> GK_BF16_PREFETCH_HINT (cpu_common.h).
 # default_prefetch() says which one each CPU gets.
 PREFETCH_HINTS = {"l1": "_MM_HINT_T0", "l2": "_MM_HINT_T1"}
@@ -218,7 +219,9 @@ class NativeKernels:
         act_mode): float32 stays float32; 16-bit activations use the build's 16-bit path."""
         if dtype == torch.bfloat16 and self.features & FEATURE_BF16:
             return MODE_BF16
-        if dtype in (torch.bfloat16, torch.float16) and self.features & FEATURE_AVX2:
+        # (FEATURE_AVX2: libraries built before FEATURE_Q16 existed had q16 in AVX2 builds only;
+        # benchmarks/cpu_moe_ab.py loads such builds of older revisions)
+        if dtype in (torch.bfloat16, torch.float16) and self.features & (FEATURE_Q16 | FEATURE_AVX2):
             return MODE_Q16
         return MODE_F32
 

@@ -10,7 +10,11 @@
 //                                  table (vpermw) whose exponents carry the block's E8M0 scale
 //                                  (dot_bf16), or a dequantized bf16 tile for 8+ tokens
 //   AVX-512 (F+BW)                 fp32 activations: codes -> fp32 through a 16-entry table
-//                                  (vpermps) pre-multiplied by the scale, fp32 FMA
+//                                  (vpermps) pre-multiplied by the scale, fp32 FMA; bf16/fp16
+//                                  models without AVX512_BF16 (act_mode 2, Intel Skylake-SP to Ice
+//                                  Lake): activations quantized to int16 per 32-block as on AVX2,
+//                                  codes -> int16 2*E2M1 by the decode path's word table (vpermw),
+//                                  vpmaddwd (vpdpwssd with AVX512_VNNI), 4 blocks' scales in one FMA
 //   AVX2 + FMA                     fp32 activations: 8 magnitudes by vpermps + sign bit by xor;
 //                                  bf16/fp16 models (act_mode 2): activations quantized to int16 per
 //                                  32-block (error ~1e-5 of the block's max, far below bf16's own
@@ -42,8 +46,8 @@
 //   fp32 mode: per 32-element block, the 16 even elements then the 16 odd ones, so that the
 //              low / high nibbles of 16 code bytes meet their activations in one vector each;
 //   bf16 mode: natural order (a code byte is an adjacent pair, which is what vdpbf16ps pairs);
-//   q16 mode:  int16 in the fp32 mode's even/odd-split layout, one float step per 32-block (and the
-//              fp32 row kept beside it for blocks whose E8M0 scale is extreme).
+//   q16 mode:  int16 in the order of the build's decode (Q16Row), one float step per 32-block (and
+//              the fp32 row, even/odd-split, kept beside it for blocks whose E8M0 scale is extreme).
 
 #include <cmath>
 #include <cstdint>
@@ -51,6 +55,11 @@
 #include <vector>
 
 #include "cpu_common.h"  // GK_AVX512 / GK_BF16 / GK_AVX2: the paths this build has
+
+// the q16 mode (16-bit activations as int16, integer dot products): AVX2 and AVX-512 builds
+#if defined(GK_AVX2) || defined(GK_AVX512)
+#define GK_Q16 1
+#endif
 
 namespace {
 
@@ -202,28 +211,55 @@ void dot_f32(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const float* co
 }
 
 
-// One activation row of the q16 mode: each value quantized to int16 q = round(x / step), one step
-// per 32-block (step = max|x| / 32767). Per block, the 32 values are stored in the order the
-// weights come out of dot_q16's decode: [even 0-7 | odd 0-7], then [even 8-15 | odd 8-15].
-// half = step / 2 (the 1/2 of W = 2 * E2M1) / 256 (the weights sit in the high byte of each int16
-// word); xf = the fp32 row (even/odd-split layout) for blocks with extreme weight scales.
+// ------------------------------------------------------------------ 16-bit activations as int16
+// The q16 mode (AVX2 and AVX-512 builds; bf16 / fp16 activations where the build has no
+// AVX512_BF16 path): one activation row quantized to int16, q = round(x / step), one step per
+// 32-block (step = max|x| / 32767), for exact integer dot products with the weights W = 2 * E2M1
+// (integers in [-12, 12]). The storage order is the one the weights come out of dot_q16's decode in:
+//   AVX2:    per block [even 0-7 | odd 0-7], then [even 8-15 | odd 8-15]; the weights sit in the
+//            high byte of each int16 word (256 * W);
+//   AVX-512: the nibble layout of nib_pos (per group of 4 blocks, register k word j = element
+//            4j + k), rows zero-padded to whole groups; the weights are W.
+// half = step / 2 (the 1/2 of W = 2 * E2M1) / the weights' unit; xf = the fp32 row (even/odd-split
+// layout) for blocks with extreme weight scales.
 struct Q16Row {
   const int16_t* q;
   const float* half;
   const float* xf;
 };
 
-// position, inside its 32-block, of element i of the even/odd-split layout (i < 16: even element
-// 2i, else odd element 2(i-16)+1) in the q16 storage order
-inline int q16_pos(int i) {
-  const int odd = i >= 16, j = i & 15;  // j-th even or odd element
-  return (j >= 8 ? 16 : 0) + odd * 8 + (j & 7);
-}
+// Elements per group of 4 blocks, the unit of the AVX-512 few-token loops (64 code bytes a row)
+constexpr int64_t kNibGroup = 128;
 
-// Quantizes one row of n fp32 values (even/odd-split layout, whole 32-blocks) into q (n int16) and
-// half (n / 32). Non-finite blocks get half = NaN and q = 0, so that the NaN reaches the output as
-// it would in float arithmetic.
+inline int64_t nib_len(int64_t n) { return (n + kNibGroup - 1) / kNibGroup * kNibGroup; }
+
+// Position of element c of a K-row (natural order) in the nibble layout: per group of 4 blocks
+// (128 elements, 32 code words), 4 chunks of 32 words: chunk k, word j holds element 4j + k (the
+// weights vpermw gives for the code words shifted by 4k bits).
+inline int64_t nib_pos(int64_t c) { return (c >> 7) * kNibGroup + (c & 3) * 32 + ((c & 127) >> 2); }
+
+// element (natural order) of position i of a block's even/odd-split layout
+inline int split_elem(int i) { return i < 16 ? 2 * i : 2 * (i - 16) + 1; }
+
+#if defined(GK_AVX512)
+constexpr float kQ16WeightUnit = 1.f;
+inline int64_t q16_len(int64_t n) { return nib_len(n); }
+inline int64_t q16_index(int64_t b, int i) { return nib_pos(b * kBlock + split_elem(i)); }
+#else
+constexpr float kQ16WeightUnit = 256.f;
+inline int64_t q16_len(int64_t n) { return n; }
+inline int64_t q16_index(int64_t b, int i) {
+  const int e = split_elem(i);  // the (e/2)-th even or odd element
+  return b * kBlock + ((e >> 1) >= 8 ? 16 : 0) + (e & 1) * 8 + ((e >> 1) & 7);
+}
+#endif
+
+// Quantizes one row of n fp32 values (even/odd-split layout, whole 32-blocks) into q (q16_len(n)
+// int16) and half (q16_len(n) / 32; the padding zero). Non-finite blocks get half = NaN and q = 0,
+// so that the NaN reaches the output as it would in float arithmetic.
 inline Q16Row quantize_q16(const float* x, int64_t n, int16_t* q, float* half) {
+  std::memset(q + n, 0, (q16_len(n) - n) * sizeof(int16_t));
+  std::fill(half + n / kBlock, half + q16_len(n) / kBlock, 0.f);
   for (int64_t b = 0; b < n / kBlock; ++b) {
     const float* xb = x + b * kBlock;
     float amax = 0.f;
@@ -233,11 +269,140 @@ inline Q16Row quantize_q16(const float* x, int64_t n, int16_t* q, float* half) {
       finite &= std::isfinite(xb[i]);
     }
     const float inv = finite && amax > 0.f ? 32767.f / amax : 0.f;
-    half[b] = finite ? amax / 32767.f * (0.5f / 256.f) : NAN;
-    for (int i = 0; i < kBlock; ++i) q[b * kBlock + q16_pos(i)] = int16_t(std::lrintf(xb[i] * inv));
+    half[b] = finite ? amax / 32767.f * (0.5f / kQ16WeightUnit) : NAN;
+    for (int i = 0; i < kBlock; ++i) q[q16_index(b, i)] = int16_t(std::lrintf(xb[i] * inv));
   }
   return {q, half, x};
 }
+
+#if defined(GK_AVX512)
+// -------------------------------------------------- AVX-512, few tokens: 4 blocks per 64-byte load
+// The loop of the AVX-512 few-token paths (dot_bf16_nib, and dot_q16 of AVX-512 builds): R rows of
+// one row group (R divides kGroupRows), one 64-byte chunk (4 blocks, 128 weights) of each at a time.
+// Per group g of 4 blocks: start(g), then per row r row(g, r, c, sv) with c = the row's 64 code
+// bytes (a row's 32 words each hold 4 codes: elements 4j .. 4j + 3 of the group in bits 0-3, 4-7,
+// 8-11, 12-15; the missing blocks of a partial last group zero) and sv = the 4 blocks' scales,
+// lane k (128 bits) = 2^(scale of block k - 127) (missing blocks: 1; scales 1..254 only, where it is
+// a normal float: the callers check).
+// Prefetch: the R rows of a register block are adjacent in memory, and so are the blocks that
+// follow (the rest of the tile, then the expert's next tile), so while a block runs, the bytes
+// kNibPrefetchBlocks blocks further on are prefetched, one cache line per row and group (R x groups
+// lines cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPUs measured does not run that
+// far ahead of the R interleaved row streams (AMD Zen 5, one MoE layer at one token from DRAM, 2
+// threads: 26 GB/s without software prefetch, 28 with each row's line 8 groups ahead, 31-34 with
+// the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). Into which cache
+// (GK_BF16_PREFETCH_HINT) depends on the CPU: on AMD Zen 4 (32 KiB L1) fetching 4 blocks (23 KB at
+// 20b) ahead into L1 cost more than it gained, into L2 it gained 1.16-1.23x over L1 (2 threads).
+// A prefetch past the tensor is harmless (no fault).
+constexpr int kNibPrefetchBlocks = 4;
+
+template <int R, typename Start, typename Row>
+inline void for_each_chunk(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const Start& start,
+                           const Row& row) {
+  // lane k of the broadcast scale dword -> byte 2 of each of its dwords (then << 7: the exponent)
+  const __m512i sc_idx = _mm512_set_epi32(0x80038080, 0x80038080, 0x80038080, 0x80038080,
+                                          0x80028080, 0x80028080, 0x80028080, 0x80028080,
+                                          0x80018080, 0x80018080, 0x80018080, 0x80018080,
+                                          0x80008080, 0x80008080, 0x80008080, 0x80008080);
+  // row r's chunk g is at rows[r] + g * step (row-group layout); R <= kGroupRows rows of one group
+  static_assert(kGroupRows % R == 0, "a register block lies in one row group");
+  const WRows::Blocks wb = w.blocks();  // rows r of the block: wb.head + r * kChunk + g * step
+  const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
+  {  // the scales of the block as far ahead (R rows of lds bytes, adjacent)
+    const char* sp = (const char*)(s + kNibPrefetchBlocks * R * lds);
+    for (int64_t o = 0; o < R * lds; o += 64) _mm_prefetch(sp + o, GK_BF16_PREFETCH_HINT);
+  }
+  // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
+  // of row r at base + r * rstride
+  auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes, const uint8_t* base, int64_t rstride)
+      __attribute__((always_inline)) {
+    start(g);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* cp = base + r * rstride;
+      _mm_prefetch((const char*)(cp + ahead), GK_BF16_PREFETCH_HINT);
+      const __m512i c = _mm512_maskz_loadu_epi8(cmask, cp);
+      uint32_t sb;
+      if (sbytes == nullptr)
+        std::memcpy(&sb, s + r * lds + g * 4, 4);
+      else
+        sb = sbytes[r];
+      const __m512 sv = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_shuffle_epi8(_mm512_set1_epi32(int(sb)), sc_idx), 7));
+      row(g, r, c, sv);
+    }
+  };
+  const int64_t full = nb / 4, left = nb % 4;
+  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr, wb.head + g * step, kChunk);
+  if (left) {  // missing blocks: zero codes and activations, scale 1
+    uint32_t sbytes[R];
+    for (int r = 0; r < R; ++r) {
+      sbytes[r] = 0x7f7f7f7fu;
+      std::memcpy(&sbytes[r], s + r * lds + full * 4, size_t(left));
+    }
+    // the rows' partial chunks, after the group's whole ones, left * 16 bytes each
+    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes, wb.tail, wb.tail_stride);
+  }
+}
+
+// 2 * E2M1 as int16 words for vpermw (index bit 4, the next code's low bit, ignored: the 16 values twice)
+struct Q16Words {
+  alignas(64) int16_t w[32];
+  Q16Words() {
+    for (int i = 0; i < 32; ++i) w[i] = int16_t(2.f * kE2M1[i & 15]);
+  }
+};
+const Q16Words kQ16Words;
+
+// As dot_f32 for q16 activation rows (AVX-512 builds without the bf16 path: Intel Xeon Skylake-SP to
+// Ice Lake, ...). The decode of dot_bf16_nib with a table of int16 words W = 2 * E2M1: per row and
+// 4 blocks, 4 vpermw give 128 weights; 4 vpmaddwd (3 of them vpdpwssd where the CPU has
+// AVX512_VNNI) with the activations in the nibble layout leave each block's 4 exact int32 partial
+// sums in its own 128-bit lane (|sum| <= 8 * 12 * 32767 < 2^24: exact in float), and one FMA with
+// lane k = 2^(scale_k - 127) * half_k scales the 4 blocks at once. Same results as the AVX2 build's
+// dot_q16 up to float summation order. Every scale of the R rows in [2, 252] (q16_scales_ok).
+template <int R, int M>
+void dot_q16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const Q16Row* xs, float* out) {
+  const __m512i table = _mm512_load_si512(kQ16Words.w);
+  const __m512i lane_of = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  __m512 hv[M];  // lane k: half of the group's block k, per token
+  auto start = [&](int64_t g) __attribute__((always_inline)) {
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+      hv[m] = _mm512_permutexvar_ps(lane_of, _mm512_castps128_ps512(_mm_loadu_ps(xs[m].half + 4 * g)));
+  };
+  for_each_chunk<R>(w, s, lds, nb, start, [&](int64_t g, int r, __m512i c, __m512 sv) __attribute__((always_inline)) {
+    const __m512i w0 = _mm512_permutexvar_epi16(c, table);
+    const __m512i w1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
+    const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(c, 8), table);
+    const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(c, 12), table);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const int16_t* q = xs[m].q + g * kNibGroup;
+      __m512i p = _mm512_madd_epi16(w0, _mm512_loadu_si512(q));
+#if defined(__AVX512VNNI__)
+      p = _mm512_dpwssd_epi32(p, w1, _mm512_loadu_si512(q + 32));
+      p = _mm512_dpwssd_epi32(p, w2, _mm512_loadu_si512(q + 64));
+      p = _mm512_dpwssd_epi32(p, w3, _mm512_loadu_si512(q + 96));
+#else
+      p = _mm512_add_epi32(p, _mm512_madd_epi16(w1, _mm512_loadu_si512(q + 32)));
+      p = _mm512_add_epi32(p, _mm512_madd_epi16(w2, _mm512_loadu_si512(q + 64)));
+      p = _mm512_add_epi32(p, _mm512_madd_epi16(w3, _mm512_loadu_si512(q + 96)));
+#endif
+      acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(sv, hv[m]), acc[r][m]);
+    }
+  });
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) out[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
+}
+#endif
 
 #if defined(GK_AVX2)
 // 2 * E2M1 as int8: every code times 2 is an integer in [-12, 12]; both lanes alike for a 256-bit
@@ -308,15 +473,16 @@ struct Q16Buffer {
   std::vector<int16_t> q;
   std::vector<float> half;
   std::vector<Q16Row> rows;
-  int64_t n = 0;
+  int64_t n = 0, len = 0;
   void resize(int64_t count, int64_t n_) {
     n = n_;
-    q.resize(count * n);
-    half.resize(count * n / kBlock);
+    len = q16_len(n);
+    q.resize(count * len);
+    half.resize(count * len / kBlock);
     rows.resize(count);
   }
   void quantize(int64_t i, const float* x) {
-    rows[i] = quantize_q16(x, n, q.data() + i * n, half.data() + i * n / kBlock);
+    rows[i] = quantize_q16(x, n, q.data() + i * len, half.data() + i * len / kBlock);
   }
 };
 
@@ -452,14 +618,6 @@ struct NibTable {
   }
 };
 const NibTable kNib;
-constexpr int64_t kNibGroup = 128;  // elements per 64-byte load (4 blocks)
-
-inline int64_t nib_len(int64_t n) { return (n + kNibGroup - 1) / kNibGroup * kNibGroup; }
-
-// Position of element c of a K-row (natural order) in the nibble layout: per group of 4 blocks
-// (128 elements, 32 code words), 4 chunks of 32 words: chunk k, word j holds element 4j + k (the
-// weights vpermw gives for the code words shifted by 4k bits).
-inline int64_t nib_pos(int64_t c) { return (c >> 7) * kNibGroup + (c & 3) * 32 + ((c & 127) >> 2); }
 
 // dst (nib_len(n) bf16) = row x (n bf16, natural order) in the nibble layout, zero padded. Returns
 // whether every value is in dot_bf16_nib's exact range: 0, a subnormal, or 2^-100 <= |x| < 2^64.
@@ -479,83 +637,31 @@ inline bool nib_scales_ok(const uint8_t* s, int64_t lds, int R, int64_t nb) {
   return scales_in_range(s, lds, R, nb, 1, 254);
 }
 
-// Prefetch: the R rows of a register block are adjacent in memory, and so are the blocks that
-// follow (the rest of the tile, then the expert's next tile), so while a block runs, the bytes
-// kNibPrefetchBlocks blocks further on are prefetched, one cache line per row and group (R x groups
-// lines cover R rows of K/2 bytes). The hardware prefetcher of the AVX-512 CPUs measured does not run that
-// far ahead of the R interleaved row streams (AMD Zen 5, one MoE layer at one token from DRAM, 2
-// threads: 26 GB/s without software prefetch, 28 with each row's line 8 groups ahead, 31-34 with
-// the next block, 35-36 with the 4th block ahead; C++ harness, BENCHMARKS.md). Into which cache
-// (GK_BF16_PREFETCH_HINT) depends on the CPU: on AMD Zen 4 (32 KiB L1) fetching 4 blocks (23 KB at
-// 20b) ahead into L1 cost more than it gained, into L2 it gained 1.16-1.23x over L1 (2 threads).
-// A prefetch past the tensor is harmless (no fault).
-constexpr int kNibPrefetchBlocks = 4;
-
 // As dot_bf16, activations xs[m] in the nibble layout (nib_len(K) values each).
 template <int R, int M>
 void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, const uint16_t* const* xs,
                   float* out) {
   const __m512i table = _mm512_load_si512(kNib.w);
-  // lane k of the broadcast scale dword -> byte 2 of each of its dwords (then << 7: the exponent)
-  const __m512i sc_idx = _mm512_set_epi32(0x80038080, 0x80038080, 0x80038080, 0x80038080,
-                                          0x80028080, 0x80028080, 0x80028080, 0x80028080,
-                                          0x80018080, 0x80018080, 0x80018080, 0x80018080,
-                                          0x80008080, 0x80008080, 0x80008080, 0x80008080);
   __m512 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  // row r's chunk g is at rows[r] + g * step (row-group layout); R <= kGroupRows rows of one group
-  static_assert(kGroupRows % R == 0, "a register block lies in one row group");
-  const WRows::Blocks wb = w.blocks();  // rows r of the block: wb.head + r * kChunk + g * step
-  const int64_t step = kChunk * kGroupRows, ahead = kNibPrefetchBlocks * R * w.ldw;
-  {  // the scales of the block as far ahead (R rows of lds bytes, adjacent)
-    const char* sp = (const char*)(s + kNibPrefetchBlocks * R * lds);
-    for (int64_t o = 0; o < R * lds; o += 64) _mm_prefetch(sp + o, GK_BF16_PREFETCH_HINT);
-  }
-  // one group of 4 blocks (the last one of a row may have fewer: cmask / sbytes say which); chunks
-  // of row r at base + r * rstride
-  auto group = [&](int64_t g, __mmask64 cmask, const uint32_t* sbytes, const uint8_t* base, int64_t rstride)
-      __attribute__((always_inline)) {
+  for_each_chunk<R>(w, s, lds, nb, [](int64_t) {}, [&](int64_t g, int r, __m512i c, __m512 sv) __attribute__((always_inline)) {
+    const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(c, table);
+    const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
+    const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 8), table);
+    const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 12), table);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* cp = base + r * rstride;
-      _mm_prefetch((const char*)(cp + ahead), GK_BF16_PREFETCH_HINT);
-      const __m512i c = _mm512_maskz_loadu_epi8(cmask, cp);
-      const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(c, table);
-      const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 4), table);
-      const __m512bh w2 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 8), table);
-      const __m512bh w3 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c, 12), table);
-      uint32_t sb;
-      if (sbytes == nullptr)
-        std::memcpy(&sb, s + r * lds + g * 4, 4);
-      else
-        sb = sbytes[r];
-      const __m512 sv = _mm512_castsi512_ps(
-          _mm512_slli_epi32(_mm512_shuffle_epi8(_mm512_set1_epi32(int(sb)), sc_idx), 7));
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        const uint16_t* x = xs[m] + g * kNibGroup;
-        __m512 t = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(x));
-        t = _mm512_dpbf16_ps(t, w1, (__m512bh)_mm512_loadu_si512(x + 32));
-        t = _mm512_dpbf16_ps(t, w2, (__m512bh)_mm512_loadu_si512(x + 64));
-        t = _mm512_dpbf16_ps(t, w3, (__m512bh)_mm512_loadu_si512(x + 96));
-        acc[r][m] = _mm512_fmadd_ps(t, sv, acc[r][m]);
-      }
+    for (int m = 0; m < M; ++m) {
+      const uint16_t* x = xs[m] + g * kNibGroup;
+      __m512 t = _mm512_dpbf16_ps(_mm512_setzero_ps(), w0, (__m512bh)_mm512_loadu_si512(x));
+      t = _mm512_dpbf16_ps(t, w1, (__m512bh)_mm512_loadu_si512(x + 32));
+      t = _mm512_dpbf16_ps(t, w2, (__m512bh)_mm512_loadu_si512(x + 64));
+      t = _mm512_dpbf16_ps(t, w3, (__m512bh)_mm512_loadu_si512(x + 96));
+      acc[r][m] = _mm512_fmadd_ps(t, sv, acc[r][m]);
     }
-  };
-  const int64_t full = nb / 4, left = nb % 4;
-  for (int64_t g = 0; g < full; ++g) group(g, ~__mmask64(0), nullptr, wb.head + g * step, kChunk);
-  if (left) {  // missing blocks: zero codes and activations, scale 1
-    uint32_t sbytes[R];
-    for (int r = 0; r < R; ++r) {
-      sbytes[r] = 0x7f7f7f7fu;
-      std::memcpy(&sbytes[r], s + r * lds + full * 4, size_t(left));
-    }
-    // the rows' partial chunks, after the group's whole ones, left * 16 bytes each
-    group(full, (__mmask64(1) << (16 * left)) - 1, sbytes, wb.tail, wb.tail_stride);
-  }
+  });
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -639,8 +745,8 @@ inline bool to_nib_or_false(const uint16_t* x, int64_t n, uint16_t* dst) {
 }
 
 // Runtime M -> template; R = 4 rows for up to 4 tokens, 2 rows above (register budget: R*M <= 16
-// accumulators; AVX2 has 16 registers, so q16 keeps R*M <= 8). A block of 4 rows is one row group
-// of the weight layout: one sequential stream.
+// accumulators; AVX2 has 16 registers, so its q16 keeps R*M <= 8; AVX-512's q16 takes the bf16
+// path's R). A block of 4 rows is one row group of the weight layout: one sequential stream.
 // xn: the same activation rows in the nibble layout for dot_bf16_nib (bf16 mode; a null row: that
 // group of rows takes dot_bf16).
 inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t lds, int64_t nb, const void* const* xs,
@@ -648,7 +754,7 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 #define GK_CASE(MM, RR, RQ)                                                                      \
   case MM:                                                                                       \
     if (mode == kQ16) {                                                                          \
-      GK_Q16_CALL(RQ, MM)                                                                        \
+      GK_Q16_CALL(GK_Q16_ROWS(RR, RQ), MM)                                                       \
     } else if (mode == kBf16) {                                                                  \
       for (int r0 = 0; r0 < kTile; r0 += RR) GK_BF16_CALL(RR, MM)                                \
     } else {                                                                                     \
@@ -670,7 +776,12 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 #else
 #define GK_BF16_CALL(RR, MM) {}
 #endif
-#if defined(GK_AVX2)
+#if defined(GK_Q16)
+#if defined(GK_AVX512)
+#define GK_Q16_ROWS(RR, RQ) RR
+#else
+#define GK_Q16_ROWS(RR, RQ) RQ
+#endif
 #define GK_Q16_CALL(RQ, MM)                                                                      \
   {                                                                                              \
     Q16Row rows[MM];                                                                             \
@@ -701,6 +812,7 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 #undef GK_CASE
 #undef GK_BF16_CALL
 #undef GK_Q16_CALL
+#undef GK_Q16_ROWS
 }
 
 #ifndef GK_SCRATCH_MIN
@@ -749,7 +861,8 @@ extern "C" {
 int gptoss_cpu_group_rows() { return int(kGroupRows); }
 int gptoss_cpu_chunk_bytes() { return int(kChunk); }
 
-// Bit 0: AVX-512 fp32 path, bit 1: AVX512_BF16 path, bit 2: AVX2 path (none set: scalar).
+// Bit 0: AVX-512 fp32 path, bit 1: AVX512_BF16 path, bit 2: AVX2 path (none of them: scalar);
+// bit 3: the q16 mode (AVX2 or AVX-512 builds), bit 4: its dot products use AVX512_VNNI.
 int gptoss_cpu_features() {
   int f = 0;
 #if defined(GK_AVX512)
@@ -761,13 +874,18 @@ int gptoss_cpu_features() {
 #if defined(GK_AVX2)
   f |= 4;
 #endif
+#if defined(GK_Q16)
+  f |= 8;
+#endif
+#if defined(GK_AVX512) && defined(__AVX512VNNI__)
+  f |= 16;
+#endif
   return f;
 }
 
 // act_mode 0: x and out are fp32 [T, H]; 1: bf16 (only when built with AVX512_BF16); 2: x and out
-// fp32, activations and the SwiGLU output quantized to int16 per 32-block inside the call (only when
-// built with AVX2 and without AVX-512: for bf16/fp16 models, whose activations carry ~2^-9 relative
-// rounding already).
+// fp32, activations and the SwiGLU output quantized to int16 per 32-block inside the call (AVX2 and
+// AVX-512 builds: for bf16/fp16 models, whose activations carry ~2^-9 relative rounding already).
 // Returns 0, or 1 with *bad = the first expert id outside [-1, E), or 2 for an unsupported mode.
 int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t H, int64_t I, int64_t E,
                    int64_t K, const float* topk_w, const int32_t* topk_ids, const uint8_t* w13,
@@ -778,7 +896,7 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
 #if !defined(GK_BF16)
   if (bf16) return 2;
 #endif
-#if !defined(GK_AVX2)
+#if !defined(GK_Q16)
   if (q16) return 2;
 #endif
   if (act_mode < 0 || act_mode > 2) return 2;
