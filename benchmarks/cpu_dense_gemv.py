@@ -16,6 +16,13 @@ Each variant cycles through several copies of the weight (over 400 MB in all, th
 and each round's figure is paired with oneDNN's in the same round. The machine's read bandwidth (best of
 3 torch sums over 1 GiB) is measured before each shape. Outputs are checked against torch's float32
 linear first (relative L2 <= 1e-2: the output is rounded to bf16).
+
+Another CPU's code paths, run on this one (which must have their instructions): `--march` builds the
+native kernel for that -march, and oneDNN's own ISA cap (`ONEDNN_MAX_CPU_ISA`, recorded in the
+JSON) makes vLLM-CPU's GEMM and torch's pick what they pick there, e.g. an Intel Xeon Skylake-SP to
+Ice Lake (AVX-512 without AVX512_BF16):
+
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE .venv/bin/python benchmarks/cpu_dense_gemv.py --march skylake-avx512 --out X.json
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 8, 64])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--march", default="native", help="-march of the native build (another CPU's path)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -60,7 +68,7 @@ def main() -> int:
     from vllm_gptoss.huge_pages import copy_on_huge_pages
     from vllm_gptoss.moe_ops import native_cache_root
 
-    native = native_cpu.load(native_cache_root())
+    native = native_cpu.load(native_cache_root(), march=a.march)
     g = torch.Generator().manual_seed(0)
     rows = []
     print(f"native build: {native.isa}, decode GEMV up to {native.gemv_max_tokens} tokens, GEMM above; "
@@ -110,6 +118,8 @@ def main() -> int:
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(sys.argv), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                       "threads": torch.get_num_threads(), "native_isa": native.isa,
+                                                      "native_march": a.march,
+                                                      "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                                                       "loadavg": os.getloadavg()},
            "rows": rows}
     Path(a.out).write_text(json.dumps(out, indent=1))

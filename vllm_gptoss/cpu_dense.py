@@ -20,6 +20,13 @@ weight. Against oneDNN's packed GEMM (BENCHMARKS.md, AMD Zen 4 unless said): 1-2
 (Zen 5: 0.97-1.33x), 3 tokens 1.10-1.22x, 4-256 tokens 0.82-1.13x, above 256 torch's 0.93-0.97x;
 whole 20b model, 4 / 8 / 32 sequences decoding together: median 0.95x / 0.91-1.02x / 1.01x the
 decode speed with vLLM's GEMM in these layers.
+On AVX-512 CPUs without AVX512_BF16 (Intel Xeon Skylake-SP, Cascade Lake, Ice Lake) oneDNN 3.13
+has no bf16 brgemm: vLLM-CPU's matmul there is oneDNN's `gemm:jit:bf16`, which streamed qkv / o_proj
+at 4-6 GB/s from 4 tokens on (measured on AMD Zen 4 with oneDNN capped to those CPUs' ISA,
+ONEDNN_MAX_CPU_ISA=AVX512_CORE, and the native kernel built for -march=skylake-avx512; torch's
+linear is the same matmul). There the layers of at least a MiB keep their bf16 weight as loaded and
+every call runs the native float32 GEMM (linear_cpu.cpp's widen-by-shift path): 1.11-1.25x oneDNN's
+at 1 token, 1.39-1.52x at 2, 2.07-2.76x at 4-256 tokens (BENCHMARKS.md; not measured on those Xeons).
 On CPUs with AMX (Intel Xeon)
 oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
 size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the
@@ -115,9 +122,10 @@ def _install(layer: torch.nn.Module, weight: torch.Tensor, op, what: str) -> Non
 
 def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     """Before vLLM's GEMM dispatch for `layer` (which would pack the weight for oneDNN and drop the
-    original): on CPUs whose native build has the bf16 decode GEMV, give the layer that GEMV for few
-    tokens and torch's linear for more, on its weight as loaded. Returns whether it did (then vLLM's
-    dispatch must not run)."""
+    original): on CPUs whose native build has the bf16 decode GEMV, give the layer the native GEMV /
+    GEMM for up to NATIVE_MAX_TOKENS tokens and torch's linear for more; on AVX-512 CPUs without
+    AVX512_BF16, the native GEMM for every call; both on its weight as loaded. Returns whether it did
+    (then vLLM's dispatch must not run)."""
     setting = os.environ.get(CPU_DENSE_GEMV_ENV, "auto").strip().lower() or "auto"
     if setting not in GEMV_SETTINGS:
         raise ValueError(f"{CPU_DENSE_GEMV_ENV}={os.environ[CPU_DENSE_GEMV_ENV]!r}: expected one of "
@@ -128,12 +136,24 @@ def maybe_take_gemm(layer: torch.nn.Module) -> bool:
     if setting != "all" and weight.numel() * weight.element_size() < GEMV_MIN_WEIGHT_BYTES:
         return False
     native = cpu_native_kernel()
-    if native is None or native.gemv_max_tokens == 0:
+    if native is None:
         return False
+    if native.gemv_max_tokens == 0:
+        if native.isa != "avx512":
+            return False
+        # AVX-512 without AVX512_BF16: oneDNN's bf16 matmul there is its slow gemm:jit:bf16 at
+        # every size; the native float32 GEMM takes every call (module docstring)
+        _install(layer, weight, _native_linear, "native bf16 GEMM (oneDNN has no bf16 brgemm on this CPU)")
+        return True
     if setting == "auto" and native.has_amx:
         return False  # oneDNN's packed GEMM measured faster there (module docstring)
     _install(layer, weight, cpu_native_or_torch_linear, "native bf16 GEMV / GEMM")
     return True
+
+
+def _native_linear(x, weight, bias, bias32):
+    """The layer GEMM as the native kernel alone (bias32: the bias in float32, as it adds it)."""
+    return cpu_native_linear(x, weight, bias32)
 
 
 def maybe_use_native_linear(layer: torch.nn.Module) -> bool:
@@ -142,5 +162,5 @@ def maybe_use_native_linear(layer: torch.nn.Module) -> bool:
     weight = _bf16_cpu_weight(layer)
     if weight is None or not vllm_compat.cpu_gemm_fell_back(layer) or cpu_native_kernel() is None:
         return False
-    _install(layer, weight, lambda x, w, bias, bias32: cpu_native_linear(x, w, bias32), "native bf16 GEMM")
+    _install(layer, weight, _native_linear, "native bf16 GEMM")
     return True

@@ -30,9 +30,10 @@ ENV_VARS = {
                          "(default: one warning naming both versions)",
     TRITON_MOE: "0: use the torch MXFP4 MoE path on CUDA instead of the fused Triton kernels",
     CPU_NATIVE: "0: no native (C++) CPU kernels: the torch MXFP4 MoE path, and vLLM's own GEMMs for the bf16 layers",
-    CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX512_BF16 "
-                    "CPUs (default auto: without AMX, the native GEMV / GEMM up to 256 tokens, torch's linear for "
-                    "more, on layers of >= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
+    CPU_DENSE_GEMV: "0: keep vLLM-CPU's oneDNN GEMM for the attention projections and lm_head on AVX-512 "
+                    "CPUs (default auto: AVX512_BF16 without AMX, the native GEMV / GEMM up to 256 tokens, torch's "
+                    "linear for more; AVX-512 without AVX512_BF16, the native GEMM for every call; on layers of "
+                    ">= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
     CPU_PREFETCH: "l1|l2: the cache the native AVX-512 decode loops (few-token MoE, dense GEMV) prefetch "
                   "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
     CPU_HUGE_PAGES: "0: do not ask Linux for transparent huge pages under the model's large CPU weights "
