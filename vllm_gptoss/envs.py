@@ -16,6 +16,7 @@ CPU_NATIVE = "VLLM_GPTOSS_CPU_NATIVE"
 CPU_DENSE_GEMV = "VLLM_GPTOSS_CPU_DENSE_GEMV"
 CPU_PREFETCH = "VLLM_GPTOSS_CPU_PREFETCH"
 CPU_HUGE_PAGES = "VLLM_GPTOSS_CPU_HUGE_PAGES"
+CPU_MARCH = "VLLM_GPTOSS_CPU_MARCH"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
 LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
@@ -36,6 +37,9 @@ ENV_VARS = {
                     ">= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
     CPU_PREFETCH: "l1|l2: the cache the native AVX-512 decode loops (few-token MoE, dense GEMV) prefetch "
                   "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
+    CPU_MARCH: "gcc -march for the native CPU kernels (default native: this CPU's instructions); another "
+               "CPU's value runs that CPU's code path (e.g. skylake-avx512, x86-64-v3), for benchmarks or where "
+               "a VM reports instructions it does not run; a separate cached build each",
     CPU_HUGE_PAGES: "0: do not ask Linux for transparent huge pages under the model's large CPU weights "
                     "(default: asked where THP is in `madvise` mode; decoding streams them faster)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",

@@ -20,6 +20,7 @@ import torch
 
 from gptoss_kernels.reference import moe_reference
 
+from .envs import CPU_MARCH as CPU_MARCH_ENV  # gcc -march of the native build (default native)
 from .envs import CPU_NATIVE as CPU_NATIVE_ENV  # "0" forces the torch path on the CPU
 from .envs import CPU_PREFETCH as CPU_PREFETCH_ENV  # l1 / l2: where the native decode loops prefetch
 from .envs import TRITON_MOE as USE_TRITON_ENV  # "0" forces the torch path on CUDA
@@ -118,6 +119,12 @@ def cpu_prefetch_setting() -> str | None:
     return setting
 
 
+def cpu_march_setting() -> str:
+    """VLLM_GPTOSS_CPU_MARCH: gcc's -march for the native build ("native" unless set); gcc judges the
+    value (a bad one fails the build: one warning, then the torch path)."""
+    return os.environ.get(CPU_MARCH_ENV, "").strip() or "native"
+
+
 def cpu_native_kernel():
     """The native CPU MoE kernel (built on first use, once per machine), or None after one warning."""
     global _native, _native_error
@@ -127,7 +134,7 @@ def cpu_native_kernel():
 
     prefetch = cpu_prefetch_setting()  # a bad value is the user's error, not a missing compiler
     try:
-        _native = native_cpu.load(native_cache_root(), prefetch=prefetch)
+        _native = native_cpu.load(native_cache_root(), march=cpu_march_setting(), prefetch=prefetch)
     except native_cpu.NativeUnavailable as e:
         _native_error = str(e)
         logger.warning("vllm-gptoss: the native CPU MoE kernel is not available: %s. The MXFP4 experts run "

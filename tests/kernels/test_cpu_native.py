@@ -484,6 +484,33 @@ def test_fallback_to_torch_path(how, monkeypatch, tmp_path, caplog):
     torch.testing.assert_close(methods[0].apply(layer, x, w, ids, None, None), want, rtol=1e-5, atol=1e-5)
 
 
+def test_march_setting_reaches_the_build(monkeypatch, tmp_path):
+    """VLLM_GPTOSS_CPU_MARCH=x86-64-v3 on an x86 CPU: the plugin's kernel is the AVX2 build (its own
+    cached library beside the native one), and it computes the MoE; a bad value gives the one
+    warning and the torch path, as a missing compiler does."""
+    if not X86 or "avx2" not in native_cpu._cpu_flags():
+        pytest.skip("needs an x86 CPU with AVX2")
+    from vllm_gptoss import moe_ops
+
+    monkeypatch.setenv("VLLM_GPTOSS_CACHE", str(tmp_path))
+    monkeypatch.setattr(moe_ops, "_native", None)
+    monkeypatch.setattr(moe_ops, "_native_error", None)
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_MARCH", "x86-64-v3")
+    n = moe_ops.cpu_native_kernel()
+    assert n is not None and n.isa == "avx2"
+    g = torch.Generator().manual_seed(5)
+    p = _experts(3, 64, 64, g)
+    x = torch.randn(4, 64, generator=g).to(torch.bfloat16)
+    w, ids = _routing(4, 3, 2, g)
+    _check(n, x, w, ids, p, BOUNDS[torch.bfloat16])
+
+    monkeypatch.setattr(moe_ops, "_native", None)
+    monkeypatch.setattr(moe_ops, "_native_error", None)
+    monkeypatch.setenv("VLLM_GPTOSS_CPU_MARCH", "no-such-cpu")
+    assert moe_ops.cpu_native_kernel() is None
+    assert "no-such-cpu" in str(moe_ops._native_error)
+
+
 # ------------------------------------------------------------------------------ dense bf16 linear
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,N,K,bias", [(1, 200, 160, True), (3, 67, 2880 // 10, False), (5, 130, 40, True),
