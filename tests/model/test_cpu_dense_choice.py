@@ -20,6 +20,16 @@ def _layer(rows: int, cols: int = 2880) -> torch.nn.Module:
     return layer
 
 
+def _use(monkeypatch, kernel, setting):
+    """`kernel` as the plugin's native kernel, VLLM_GPTOSS_CPU_DENSE_GEMV = setting (None: unset)."""
+    monkeypatch.setattr(cpu_dense, "cpu_native_kernel", lambda: kernel)
+    monkeypatch.delenv("VLLM_GPTOSS_CPU_NATIVE", raising=False)
+    if setting is None:
+        monkeypatch.delenv("VLLM_GPTOSS_CPU_DENSE_GEMV", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_GPTOSS_CPU_DENSE_GEMV", setting)
+
+
 @pytest.mark.parametrize("setting,amx,rows,taken", [
     (None, False, 512, True),     # default, no AMX, 2.8 MiB layer
     ("auto", False, 512, True),
@@ -30,13 +40,7 @@ def _layer(rows: int, cols: int = 2880) -> torch.nn.Module:
     ("all", True, 64, True),      # small layers too, AMX too
 ])
 def test_gemv_choice(monkeypatch, setting, amx, rows, taken):
-    fake = types.SimpleNamespace(gemv_max_tokens=8, has_amx=amx, isa="avx512_bf16")
-    monkeypatch.setattr(cpu_dense, "cpu_native_kernel", lambda: fake)
-    monkeypatch.delenv("VLLM_GPTOSS_CPU_NATIVE", raising=False)
-    if setting is None:
-        monkeypatch.delenv("VLLM_GPTOSS_CPU_DENSE_GEMV", raising=False)
-    else:
-        monkeypatch.setenv("VLLM_GPTOSS_CPU_DENSE_GEMV", setting)
+    _use(monkeypatch, types.SimpleNamespace(gemv_max_tokens=8, has_amx=amx, isa="avx512_bf16"), setting)
     layer = _layer(rows)
     assert cpu_dense.maybe_take_gemm(layer) is taken
     assert hasattr(layer, "cpu_linear") is taken
@@ -80,12 +84,7 @@ def test_avx512_without_bf16_takes_native_gemm_for_every_call(monkeypatch, setti
     gemm:jit:bf16 there, so the native GEMM takes calls of any size, prefill chunks above
     NATIVE_MAX_TOKENS included; an AVX512_BF16 build sends those to torch's linear instead."""
     fake = _RecordingKernel("avx512", 0)
-    monkeypatch.setattr(cpu_dense, "cpu_native_kernel", lambda: fake)
-    monkeypatch.delenv("VLLM_GPTOSS_CPU_NATIVE", raising=False)
-    if setting is None:
-        monkeypatch.delenv("VLLM_GPTOSS_CPU_DENSE_GEMV", raising=False)
-    else:
-        monkeypatch.setenv("VLLM_GPTOSS_CPU_DENSE_GEMV", setting)
+    _use(monkeypatch, fake, setting)
     layer = _layer(512)
     assert cpu_dense.maybe_take_gemm(layer) is taken
     if not taken:
