@@ -488,8 +488,9 @@ def test_march_setting_reaches_the_build(monkeypatch, tmp_path):
     """VLLM_GPTOSS_CPU_MARCH=x86-64-v3 on an x86 CPU: the plugin's kernel is the AVX2 build (its own
     cached library beside the native one), and it computes the MoE; a bad value gives the one
     warning and the torch path, as a missing compiler does."""
-    if not X86 or "avx2" not in native_cpu._cpu_flags():
-        pytest.skip("needs an x86 CPU with AVX2")
+    missing = MARCH_NEEDS["x86-64-v3"] - set(native_cpu._cpu_flags())
+    if not X86 or missing:
+        pytest.skip(f"runs the x86-64-v3 build: needs an x86 CPU with AVX2 and FMA (missing {sorted(missing)})")
     from vllm_gptoss import moe_ops
 
     monkeypatch.setenv("VLLM_GPTOSS_CACHE", str(tmp_path))
