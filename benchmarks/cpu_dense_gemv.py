@@ -23,6 +23,12 @@ JSON) makes vLLM-CPU's GEMM and torch's pick what they pick there, e.g. an Intel
 Ice Lake (AVX-512 without AVX512_BF16):
 
     ONEDNN_MAX_CPU_ISA=AVX512_CORE .venv/bin/python benchmarks/cpu_dense_gemv.py --march skylake-avx512 --out X.json
+
+Builds side by side (`--revs`): each git revision of this repository (or WORKTREE) named, built as
+cpu_moe_ab.py builds it (REV@MARCH for another -march), is a variant in place of `native`, and each
+round's figure is also paired with the first revision's, e.g. the AVX2 path before and after a change:
+
+    .venv/bin/python benchmarks/cpu_dense_gemv.py --revs HEAD@x86-64-v3 WORKTREE@x86-64-v3 --tokens 1 2 --out X.json
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--march", default="native", help="-march of the native build (another CPU's path)")
+    ap.add_argument("--revs", nargs="+", metavar="REV[@MARCH]",
+                    help="builds of these git revisions (or WORKTREE) as the native variants (cpu_moe_ab.py's builds)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -68,11 +76,20 @@ def main() -> int:
     from vllm_gptoss.huge_pages import copy_on_huge_pages
     from vllm_gptoss.moe_ops import native_cache_root
 
-    native = native_cpu.load(native_cache_root(), march=a.march)
+    if a.revs:
+        import tempfile
+
+        from cpu_moe_ab import build
+        work = Path(tempfile.mkdtemp(prefix="cpu_dense_ab_"))
+        natives = {rev: build(rev, work, a.march, native_cpu.default_prefetch()) for rev in a.revs}
+    else:
+        natives = {"native": native_cpu.load(native_cache_root(), march=a.march)}
     g = torch.Generator().manual_seed(0)
     rows = []
-    print(f"native build: {native.isa}, decode GEMV up to {native.gemv_max_tokens} tokens, GEMM above; "
-          f"{torch.get_num_threads()} threads")
+    for name, native in natives.items():
+        print(f"{name} build: {native.isa}, bf16 decode GEMV up to {native.gemv_max_tokens} tokens; "
+              f"{torch.get_num_threads()} threads")
+    first = next(iter(natives))
     for name in a.shapes:
         N, K = SHAPES[name]
         copies = 2 if name == "lm_head" else max(2, int(400e6 // (N * K * 2)))
@@ -85,8 +102,8 @@ def main() -> int:
         for T in a.tokens:
             x = torch.randn(T, K, generator=g).to(torch.bfloat16)
             want = torch.nn.functional.linear(x.float(), ws[0].float(), bias32)
-            variants = {"native": lambda i: native.linear(x, ws[i % copies], bias32),
-                        "onednn": lambda i: ops.onednn_mm(hs[i % copies], x, bias),
+            variants = {k: (lambda i, n=n: n.linear(x, ws[i % copies], bias32)) for k, n in natives.items()}
+            variants |= {"onednn": lambda i: ops.onednn_mm(hs[i % copies], x, bias),
                         "torch": lambda i: torch.nn.functional.linear(x, ws[i % copies], bias)}
             for k, f in variants.items():
                 got = f(0).float()
@@ -105,19 +122,27 @@ def main() -> int:
                     per[k].append((time.perf_counter() - t) / calls)
             for k, ts in per.items():
                 ratios = [o / t for o, t in zip(per["onednn"], ts)]  # > 1: faster than oneDNN, same round
+                vs_first = [o / t for o, t in zip(per[first], ts)]
                 med = statistics.median(ts)
                 rows.append({"shape": name, "N": N, "K": K, "tokens": T, "variant": k, "median_us": med * 1e6,
                              "weight_gbs": N * K * 2 / med / 1e9, "pct_of_bandwidth": 100 * N * K * 2 / med / 1e9 / bw,
                              "speedup_vs_onednn_median": statistics.median(ratios),
-                             "speedup_vs_onednn_range": [min(ratios), max(ratios)], "bandwidth_gbs": bw})
-    print(f"{'shape':8s} {'T':>3s} {'variant':7s} {'median us':>10s} {'GB/s':>6s} {'% bw':>5s} {'vs oneDNN':>9s} {'range':>11s}")
+                             "speedup_vs_onednn_range": [min(ratios), max(ratios)], "bandwidth_gbs": bw,
+                             f"speedup_vs_{first}_median": statistics.median(vs_first),
+                             f"speedup_vs_{first}_range": [min(vs_first), max(vs_first)]})
+    width = max(7, *map(len, natives))
+    print(f"{'shape':8s} {'T':>3s} {'variant':{width}s} {'median us':>10s} {'GB/s':>6s} {'% bw':>5s} "
+          f"{'vs oneDNN':>9s} {'range':>11s} {'vs ' + first:>{width + 3}s} {'range':>11s}")
     for r in rows:
         lo, hi = r["speedup_vs_onednn_range"]
-        print(f"{r['shape']:8s} {r['tokens']:3d} {r['variant']:7s} {r['median_us']:10.1f} {r['weight_gbs']:6.1f} "
-              f"{r['pct_of_bandwidth']:5.0f} {r['speedup_vs_onednn_median']:9.2f} {lo:5.2f}-{hi:5.2f}")
+        flo, fhi = r[f"speedup_vs_{first}_range"]
+        print(f"{r['shape']:8s} {r['tokens']:3d} {r['variant']:{width}s} {r['median_us']:10.1f} {r['weight_gbs']:6.1f} "
+              f"{r['pct_of_bandwidth']:5.0f} {r['speedup_vs_onednn_median']:9.2f} {lo:5.2f}-{hi:5.2f} "
+              f"{r[f'speedup_vs_{first}_median']:{width + 3}.2f} {flo:5.2f}-{fhi:5.2f}")
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(sys.argv), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                      "threads": torch.get_num_threads(), "native_isa": native.isa,
+                                                      "threads": torch.get_num_threads(),
+                                                      "native_isa": {k: n.isa for k, n in natives.items()},
                                                       "native_march": a.march,
                                                       "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                                                       "loadavg": os.getloadavg()},

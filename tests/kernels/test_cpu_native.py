@@ -518,7 +518,8 @@ def test_march_setting_reaches_the_build(monkeypatch, tmp_path):
                                         (17, 64, 96, True), (2, 9, 7, False), (1, 1, 64, True),
                                         (2, 33, 96, True), (4, 70, 2880, False), (6, 5, 64, True),
                                         (7, 3, 32, False), (8, 100, 320, True), (9, 40, 64, True),
-                                        (13, 130, 320, True), (40, 67, 64, False)])
+                                        (13, 130, 320, True), (40, 67, 64, False), (1, 70, 48, False),
+                                        (2, 130, 208, True), (2, 10, 4096, True), (1, 6, 4096, False)])
 def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
     """`linear` against torch's float32 linear on the same bf16 weights: N not a multiple of the
     64-row items or the register blocks, K with and without a tail beyond whole 16-groups, 1 to 40
@@ -527,7 +528,10 @@ def test_linear_matches_torch(any_isa, xdtype, T, N, K, bias):
     of 32 takes the decode GEMV up to `gemv_max_tokens` (2) tokens (one stretch of rows a thread, N
     below the thread count or odd, K not a multiple of the chains), the GEMM above (token groups split
     evenly, 8-, 6- and 2-row tiles and single rows, row blocks of 64, a partial one, and threads with
-    several blocks, which prefetch the next one); other K neither.
+    several blocks, which prefetch the next one); other K neither. Without it, 1-2 tokens with K a
+    multiple of 16 take the float32 GEMV (row stretches as above, pieces of 64 rows, an odd count of
+    16-groups), unless two tokens' fp32 activations pass 24 KiB (K = 4096): then, as for more tokens
+    and other K, the tile.
     """
     g = torch.Generator().manual_seed(T * 1000 + N + K)
     w = torch.randn(N, K, generator=g).to(torch.bfloat16)

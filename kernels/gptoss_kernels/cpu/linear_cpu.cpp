@@ -91,6 +91,83 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 #undef GK_RM
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Few tokens (decode, at most kF32GemvMaxT) on the float32 path (builds without AVX512_BF16: AVX2
+// CPUs, AVX-512 Xeons before Cooper Lake): one row after another, so that each thread's stretch of
+// adjacent rows is one sequential stream, prefetched kF32GemvAhead bytes ahead into the cache the
+// build's GK_BF16_PREFETCH_HINT names, instead of the tile's 8 interleaved rows (8 streams one row
+// apart) that the hardware prefetcher alone followed. Per 16 weights as in tile(): one 32-byte load,
+// shift and mask, two FMAs, into C x 2 accumulator chains per token (even / odd halves apart) so that
+// the FMAs' latency is hidden. Against the tile on AMD Zen 4 built for x86-64-v3 (2 threads, weights
+// from DRAM, BENCHMARKS.md): see there.
+constexpr int kF32GemvMaxT = 2;
+constexpr int64_t kF32GemvAhead = 4096;
+// The GEMV rereads the fp32 activations for every row: above this many bytes of them they crowd
+// the weight stream out of a 32 KiB L1 (o_proj, K = 4096, 2 tokens: 0.77-0.82x the tile), and the
+// tile, whose loads of them serve 4 rows, takes the call.
+constexpr int64_t kF32GemvMaxXBytes = 24 * 1024;
+
+// out[r * M + m] = W[row r] . x_m for R adjacent rows at wr (row stride K, a multiple of 16) over
+// the pair-split fp32 activations xs[m]; C chains per (row, token) and half
+template <int R, int M, int C>
+inline void gemv_f32_block(const uint16_t* wr, int64_t K, const float* const* xs, float* out) {
+  const int64_t k16 = K / 16;
+  const __m256i hi_half = _mm256_set1_epi32(int(0xffff0000u));
+  __m256 even[R][M][C], odd[R][M][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) even[r][m][c] = odd[r][m][c] = _mm256_setzero_ps();
+  auto step = [&](int64_t k, int c) __attribute__((always_inline)) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + r * K + k * 16));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi_half));
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) {
+        even[r][m][c] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + k * 16), even[r][m][c]);
+        odd[r][m][c] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + k * 16 + 8), odd[r][m][c]);
+      }
+    }
+  };
+  static_assert(C == 1 || C == 2 || C == 4, "C chains take 64-byte lines in turn");
+  int64_t k = 0;
+  // per 64-byte line of each row (2 steps): one prefetch, kF32GemvAhead bytes further on
+  for (; k + 2 <= k16; k += 2) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+      _mm_prefetch((const char*)(wr + r * K + k * 16) + kF32GemvAhead, GK_BF16_PREFETCH_HINT);
+    step(k, int(k % C));
+    step(k + 1, int((k + 1) % C));
+  }
+  for (; k < k16; ++k) step(k, 0);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) {
+      __m256 t = _mm256_add_ps(even[r][m][0], odd[r][m][0]);
+#pragma GCC unroll 4
+      for (int c = 1; c < C; ++c) t = _mm256_add_ps(t, _mm256_add_ps(even[r][m][c], odd[r][m][c]));
+      out[r * M + m] = gk::hsum256(t);
+    }
+}
+
+// rows [n0, n1) of W [N, K] bf16 against T <= kF32GemvMaxT pair-split fp32 rows, one row at a
+// time (one stream): h[(n - n0) * T + t]. For two tokens, two rows at a time (each activation load
+// serving both) ran 0.93-1.03x the tile, one row 1.21-1.31x (AMD Zen 4, x86-64-v3 build, K = 2880).
+void gemv_f32_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const float* const* xs, int T, float* h) {
+  for (int64_t n = n0; n < n1; ++n) {
+    if (T == 1)
+      gemv_f32_block<1, 1, 4>(w + n * K, K, xs, h + (n - n0));
+    else
+      gemv_f32_block<1, 2, 2>(w + n * K, K, xs, h + (n - n0) * 2);
+  }
+}
+#endif
+
 #if defined(GK_BF16)
 // Few tokens (decode, at most kGemvMaxT): bf16 x bf16 products by vdpbf16ps (exact in fp32, fp32
 // sums) on the activations as given, rows [n0, n1) one after another, which for one thread's
@@ -260,6 +337,29 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
       xp[t * K + pair_pos(c, k16)] = v;
     }
   });
+  auto store = [&](int64_t t, int64_t n, float v) {
+    v += bias ? bias[n] : 0.f;
+    if (x_mode == 1)
+      ((uint16_t*)y)[t * N + n] = gk::f32_to_bf16(v);
+    else
+      ((float*)y)[t * N + n] = v;
+  };
+#if defined(__AVX2__) && defined(__FMA__)
+  if (T <= kF32GemvMaxT && K % 16 == 0 && T * K * (int64_t)sizeof(float) <= kF32GemvMaxXBytes) {
+    const float* xs[kF32GemvMaxT];
+    for (int64_t t = 0; t < T; ++t) xs[t] = xp.data() + t * K;
+    gk::run_stretches(N, [&](int64_t n0, int64_t n1) {
+      float h[kRowBlock * kF32GemvMaxT];
+      for (int64_t a = n0; a < n1; a += kRowBlock) {
+        const int64_t b = std::min(n1, a + kRowBlock);
+        gemv_f32_rows(w, K, a, b, xs, (int)T, h);
+        for (int64_t n = a; n < b; ++n)
+          for (int64_t t = 0; t < T; ++t) store(t, n, h[(n - a) * T + t]);
+      }
+    });
+    return 0;
+  }
+#endif
   const int64_t items = (N + kRowBlock - 1) / kRowBlock;
   gk::run_items(items, [&](int64_t it) {
     const int64_t n0 = it * kRowBlock, rows = std::min(kRowBlock, N - n0);
@@ -270,14 +370,7 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
       for (int m = 0; m < M; ++m) xs[m] = xp.data() + (t0 + m) * K;
       rows_tokens(w + n0 * K, K, rows, xs, M, h);
       for (int m = 0; m < M; ++m)
-        for (int64_t r = 0; r < rows; ++r) {
-          const float v = h[r * M + m] + (bias ? bias[n0 + r] : 0.f);
-          const int64_t o = (t0 + m) * N + n0 + r;
-          if (x_mode == 1)
-            ((uint16_t*)y)[o] = gk::f32_to_bf16(v);
-          else
-            ((float*)y)[o] = v;
-        }
+        for (int64_t r = 0; r < rows; ++r) store(t0 + m, n0 + r, h[r * M + m]);
     }
   });
   return 0;
