@@ -38,10 +38,17 @@ VLLM_GPTOSS_CPU_NATIVE=0: its torch path; very slow at 20b), `stock` (VLLM_GPTOS
 own class and MXFP4 method, which runs only on CPUs with AMX), `llamacpp` (llama-cpp-python on a GGUF
 of the same checkpoint: `cpu_model.py llamacpp --model CKPT --venv VENV` builds llama-cpp-python from
 its PyPI sdist in its own venv and converts with that release's convert_hf_to_gguf.py; then
-`run --variants llamacpp --gguf GGUF --llamacpp-venv VENV`), and `native-*`: the native variant with one
+`run --variants llamacpp --gguf GGUF --llamacpp-venv VENV`; `llamacpp --cmake-args ARGS` builds it for
+another CPU's ISA, e.g. AVX2 only, beside our kernels built for that ISA:
+    .venv/bin/python benchmarks/cpu_model.py llamacpp --model CKPT --venv /data/llvenv-avx2 --cmake-args \
+        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+    VLLM_GPTOSS_CPU_MARCH=x86-64-v3 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python \
+        benchmarks/cpu_model.py run ... --variants native llamacpp --llamacpp-venv /data/llvenv-avx2
+), and `native-*`: the native variant with one
 setting changed (NATIVE_VARIANT_ENV). `--baseline V` (default llamacpp): the variant each cycle's others
 are divided by. `--profile N` adds where N decode steps' time goes, by op (use with --enforce-eager).
-The machine's load average is recorded before and after each variant.
+The machine's load average is recorded before and after each variant; the environment variables that
+change what is measured (RECORDED_ENV_PREFIXES) and the llama.cpp venv's CMake flags, with the results.
 """
 
 from __future__ import annotations
@@ -139,7 +146,10 @@ def write_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
 LLAMA_CPP_PYTHON = "0.3.36"  # the release measured in ../shared/research; its vendored llama.cpp converts
 
 
-def prepare_llamacpp(model: Path, venv: Path, version: str, gguf: Path | None) -> Path:
+LLAMACPP_CMAKE_ARGS_FILE = "vllm_gptoss_cmake_args.txt"  # in the llama.cpp venv: the flags it was built with
+
+
+def prepare_llamacpp(model: Path, venv: Path, version: str, gguf: Path | None, cmake_args: str = "") -> Path:
     """Build llama-cpp-python `version` from its PyPI sdist into its own venv (never beside vLLM:
     it pins its own numpy), then convert `model` with the `convert_hf_to_gguf.py` vendored in that
     same sdist, experts kept MXFP4 (the converter's gpt-oss path repacks them, it does not
@@ -153,10 +163,20 @@ def prepare_llamacpp(model: Path, venv: Path, version: str, gguf: Path | None) -
         _logged([sys.executable, "-m", "venv", str(venv)], "create the llama.cpp venv")
     probe = subprocess.run([str(venv_py), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                            capture_output=True, text=True)
-    if probe.returncode != 0 or probe.stdout.strip() != version:
-        # --no-binary: compiled here, for this CPU (llama.cpp's default GGML_NATIVE build)
-        _logged([str(venv_py), "-m", "pip", "install", "--no-binary", "llama-cpp-python",
-                 f"llama-cpp-python=={version}"], f"build llama-cpp-python {version} from source (~7 min on 2 cores)")
+    flags_file = venv / LLAMACPP_CMAKE_ARGS_FILE
+    built_with = flags_file.read_text() if flags_file.exists() else ""
+    if probe.returncode != 0 or probe.stdout.strip() != version or built_with != cmake_args:
+        # --no-binary: compiled here, for this CPU (llama.cpp's default GGML_NATIVE build) unless
+        # cmake_args say otherwise; pip's wheel cache bypassed, since it would hand back a build with
+        # other flags
+        env = dict(os.environ, CMAKE_ARGS=cmake_args, PIP_NO_CACHE_DIR="1") if cmake_args else None
+        _logged([str(venv_py), "-m", "pip", "install", "--force-reinstall", "--no-deps", "--no-binary",
+                 "llama-cpp-python", f"llama-cpp-python=={version}"],
+                f"build llama-cpp-python {version} from source (~7 min on 2 cores){' with ' + cmake_args if cmake_args else ''}",
+                env=env)
+        if probe.returncode != 0:  # a fresh venv: its dependencies too
+            _logged([str(venv_py), "-m", "pip", "install", f"llama-cpp-python=={version}"], "its dependencies")
+        flags_file.write_text(cmake_args)
     if not src.exists():
         dl = venv / "src"
         _logged([str(venv_py), "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-d", str(dl),
@@ -170,6 +190,15 @@ def prepare_llamacpp(model: Path, venv: Path, version: str, gguf: Path | None) -
         _logged([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16",
                  "--outfile", str(gguf)], f"convert {model} to {gguf}", env=env)
     return gguf
+
+
+# Environment variables that change what a run measures (another CPU's code paths, thread binding,
+# the plugin's switches), recorded in the results
+RECORDED_ENV_PREFIXES = ("VLLM_GPTOSS_", "VLLM_CPU_", "ONEDNN_", "DNNL_", "ATEN_CPU_CAPABILITY", "OMP_", "CMAKE_ARGS")
+
+
+def run_environment() -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)}
 
 
 def _logged(cmd: list[str], what: str, env=None) -> None:
@@ -496,6 +525,8 @@ def main() -> int:
     lc.add_argument("--venv", type=Path, required=True, help="where to create the llama.cpp venv")
     lc.add_argument("--version", default=LLAMA_CPP_PYTHON)
     lc.add_argument("--gguf", type=Path, help="output GGUF (default: beside the checkpoint)")
+    lc.add_argument("--cmake-args", default="", help="CMake flags for llama.cpp's build (another CPU's ISA; "
+                    "default: llama.cpp's own, GGML_NATIVE)")
     r = sub.add_parser("run", help="serve a checkpoint through vLLM-CPU and measure")
     r.add_argument("--model", type=Path, required=True)
     r.add_argument("--out", required=True, help="JSON results file")
@@ -532,7 +563,7 @@ def main() -> int:
         write_checkpoint(args.shape, args.out, args.seed)
         return 0
     if args.cmd == "llamacpp":
-        print(prepare_llamacpp(args.model, args.venv, args.version, args.gguf))
+        print(prepare_llamacpp(args.model, args.venv, args.version, args.gguf, args.cmake_args))
         return 0
     args.memory_limit = int(args.memory_limit)
     if not (args.model / "config.json").exists():
@@ -567,6 +598,8 @@ def main() -> int:
                 for k, v in list(prof["self_cpu_ms_per_step"].items())[:20]:
                     print(f"      {v:9.2f}  {k}")
     summary = summarize(results, args.baseline) if args.repeat > 1 or len(args.variants) > 1 else None
+    flags_file = args.llamacpp_venv / LLAMACPP_CMAKE_ARGS_FILE if args.llamacpp_venv else None
+    llamacpp_cmake_args = flags_file.read_text() if flags_file and flags_file.exists() else None
     if summary:
         for variant, v in summary["medians"].items():
             print(f"  median over {v['runs']} runs: {variant:<8} prefill {v['prefill_tokens_per_s']:8.2f} tok/s   "
@@ -582,6 +615,7 @@ def main() -> int:
                                                     "threads", "kv_cache_gib", "enforce_eager", "memory_limit",
                                                     "max_num_seqs", "max_num_batched_tokens", "sequences",
                                                     "baseline")},
+           "environment": run_environment(), "llamacpp_cmake_args": llamacpp_cmake_args,
            "results": results, "summary": summary}
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)

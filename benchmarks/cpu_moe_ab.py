@@ -19,7 +19,7 @@ experts, rotated over --layers copies: what this machine streams at that moment 
 A revision may name its own -march after an `@` (REV@MARCH; else --march): the code path another
 CPU's build takes (x86-64-v3: AVX2; skylake-avx512: AVX-512 without AVX512_BF16; cascadelake: that
 with AVX512_VNNI), run on this CPU (which must have those instructions). Every build gets the
-prefetch setting the plugin would pick here (--prefetch).
+prefetch setting the plugin would pick here (--prefetch), or its own after a `:` (REV@MARCH:l2).
 Outputs of every build are checked against the first before timing (relative L2 < 1e-2, the unit
 tests' bound for bf16 activations: builds of different code paths round differently).
 Builds from before the row-group layout (no `gptoss_cpu_group_rows` in the library) get the experts
@@ -64,9 +64,11 @@ class _CDLL(ctypes.CDLL):
 
 
 def build(spec: str, work: Path, march: str, prefetch: str) -> native_cpu.NativeKernels:
-    rev, _, own_march = spec.partition("@")
-    march = own_march or march
-    d = work / spec.replace("/", "_")
+    """REV[@MARCH][:PREFETCH] built in `work`; march and prefetch where the spec names none."""
+    spec_build, _, own_prefetch = spec.partition(":")
+    rev, _, own_march = spec_build.partition("@")
+    march, prefetch = own_march or march, own_prefetch or prefetch
+    d = work / spec.replace("/", "_").replace(":", "_")
     d.mkdir(parents=True, exist_ok=True)
     for f in SOURCES:
         if rev == "WORKTREE":

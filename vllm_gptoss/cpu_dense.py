@@ -7,8 +7,9 @@ AVX-512 / AMX), else `torch.nn.functional.linear`. On AVX2-only CPUs (AMD Zen 3 
 laptops) oneDNN builds none, and torch's bf16 linear streams the weights at 3-5 GB/s on a 2-core
 machine (BENCHMARKS.md): at gpt-oss-20b shape the attention projections and the 201,088-row lm_head
 then take most of a decode step. Where vLLM fell back that way, the layer's GEMM becomes the native
-kernel's `linear` (gptoss_kernels/cpu/linear_cpu.cpp: the bf16 weight read in place, float32 math),
-registered as a torch custom op so that vLLM's torch.compile keeps it as one call.
+kernel's `linear` (gptoss_kernels/cpu/linear_cpu.cpp: the bf16 weight read in place, float32 math;
+1-2 tokens a GEMV streaming each thread's rows, more a register-blocked tile), registered as a torch
+custom op so that vLLM's torch.compile keeps it as one call.
 
 On CPUs with AVX512_BF16 but without AMX, where vLLM-CPU packs each layer's weight for oneDNN and
 drops the original, the layers of at least a MiB (not the router) keep their bf16 weight as loaded instead,

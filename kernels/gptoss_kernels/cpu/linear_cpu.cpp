@@ -12,8 +12,9 @@
 // (per 16 elements: the 8 even ones, then the 8 odd ones). fp32 FMA, fp32 sums in a fixed order
 // (each output element has one owner: deterministic for any thread count).
 //
-// Work: items of kRowBlock output rows (their weights, 64 x K x 2 bytes, stay in L2 while every
-// token is multiplied with them); inside, register blocks of R rows x M tokens (M <= 4).
+// Work: 1-2 tokens (decode), the GEMV below (gemv_f32_rows: one stretch of rows a thread, one row at
+// a time); more, items of kRowBlock output rows (their weights, 64 x K x 2 bytes, stay in L2 while
+// every token is multiplied with them); inside, register blocks of R rows x M tokens (M <= 4).
 
 #include <cmath>
 #include <cstdint>
@@ -98,8 +99,10 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // build's GK_BF16_PREFETCH_HINT names, instead of the tile's 8 interleaved rows (8 streams one row
 // apart) that the hardware prefetcher alone followed. Per 16 weights as in tile(): one 32-byte load,
 // shift and mask, two FMAs, into C x 2 accumulator chains per token (even / odd halves apart) so that
-// the FMAs' latency is hidden. Against the tile on AMD Zen 4 built for x86-64-v3 (2 threads, weights
-// from DRAM, BENCHMARKS.md): see there.
+// the FMAs' latency is hidden. Against the tile, AMD Zen 4, builds for x86-64-v3 (AVX2) and
+// skylake-avx512, 2 threads, weights from DRAM (benchmarks/cpu_dense_gemv.py --revs, BENCHMARKS.md):
+// qkv 1.15-1.17x at 1 token and 1.34-1.37x at 2, lm_head 1.08x and 1.22-1.33x, o_proj 0.98-0.99x at
+// 1 token; 98-102% of the bandwidth probed in the same run on qkv and lm_head.
 constexpr int kF32GemvMaxT = 2;
 constexpr int64_t kF32GemvAhead = 4096;
 // The GEMV rereads the fp32 activations for every row: above this many bytes of them they crowd
