@@ -34,13 +34,22 @@ inline int64_t pair_pos(int64_t c, int64_t k16) {
   return (c & ~int64_t(15)) + ((w & 1) ? 8 + (w >> 1) : (w >> 1));
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The 16 bf16 weights at p in fp32, as the pair-split activations pair them: the 8 even ones (the
+// low halves of the dwords, shifted up) and the 8 odd ones (the high halves, masked)
+inline void widen16(const uint16_t* p, __m256& even, __m256& odd) {
+  const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+  even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xffff0000u))));
+}
+#endif
+
 // out[r * M + m] = W[r, :] . x_m for R rows at w (row stride K) and M activation rows (pair-split)
 template <int R, int M>
 void tile(const uint16_t* w, int64_t K, const float* const* xs, float* out) {
   const int64_t k16 = K / 16;
   int64_t c0 = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  const __m256i hi_half = _mm256_set1_epi32(int(0xffff0000u));
   __m256 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -49,9 +58,8 @@ void tile(const uint16_t* w, int64_t K, const float* const* xs, float* out) {
   for (int64_t c = 0; c < k16; ++c) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(w + r * K + c * 16));
-      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi_half));
+      __m256 we, wo;
+      widen16(w + r * K + c * 16, we, wo);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) {
         acc[r][m] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + c * 16), acc[r][m]);
@@ -115,7 +123,6 @@ constexpr int64_t kF32GemvMaxXBytes = 24 * 1024;
 template <int R, int M, int C>
 inline void gemv_f32_block(const uint16_t* wr, int64_t K, const float* const* xs, float* out) {
   const int64_t k16 = K / 16;
-  const __m256i hi_half = _mm256_set1_epi32(int(0xffff0000u));
   __m256 even[R][M][C], odd[R][M][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
@@ -126,9 +133,8 @@ inline void gemv_f32_block(const uint16_t* wr, int64_t K, const float* const* xs
   auto step = [&](int64_t k, int c) __attribute__((always_inline)) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m256i v = _mm256_loadu_si256((const __m256i*)(wr + r * K + k * 16));
-      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi_half));
+      __m256 we, wo;
+      widen16(wr + r * K + k * 16, we, wo);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) {
         even[r][m][c] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + k * 16), even[r][m][c]);
