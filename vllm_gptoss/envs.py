@@ -35,8 +35,8 @@ ENV_VARS = {
                     "CPUs (default auto: AVX512_BF16 without AMX, the native GEMV / GEMM up to 256 tokens, torch's "
                     "linear for more; AVX-512 without AVX512_BF16, the native GEMM for every call; on layers of "
                     ">= 1 MiB; 1: also on AMX CPUs; all: as 1, and smaller layers too)",
-    CPU_PREFETCH: "l1|l2: the cache the native AVX-512 decode loops (few-token MoE, dense GEMV) prefetch "
-                  "weights into (default auto: l2 on AMD Zen 4, l1 elsewhere; results are the same)",
+    CPU_PREFETCH: "l1|l2: the cache the native decode loops (AVX-512 few-token MoE, dense GEMVs) prefetch "
+                  "weights into (default auto: l2 on AMD family 25, Zen 3 / Zen 4, l1 elsewhere; results are the same)",
     CPU_MARCH: "gcc -march for the native CPU kernels (default native: this CPU's instructions); another "
                "CPU's value runs that CPU's code path (e.g. skylake-avx512, x86-64-v3), for benchmarks or where "
                "a VM reports instructions it does not run; a separate cached build each",

@@ -57,8 +57,9 @@ MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # on the CPU): unchunked, its transient RSS was 0.29 GiB higher at 20b. Each chunk re-reads the
 # touched experts (~0.4 GB at 20b), ~2% of a 1024-token chunk's time.
 MOE_CHUNK_TOKENS = 1024
-# The cache the AVX-512 decode loops (the MoE's few-token paths, the dense GEMV) prefetch the
-# weights they read next into: the name a caller passes -> GK_BF16_PREFETCH_HINT (cpu_common.h).
+# The cache the decode loops (the AVX-512 MoE's few-token paths, the dense GEMVs of every x86 build)
+# prefetch the weights they read next into: the name a caller passes -> GK_BF16_PREFETCH_HINT
+# (cpu_common.h). The AVX2 MoE loop keeps L1 (measured on Zen 3; L2 made no difference on Zen 4).
 # default_prefetch() says which one each CPU gets.
 PREFETCH_HINTS = {"l1": "_MM_HINT_T0", "l2": "_MM_HINT_T1"}
 
@@ -118,8 +119,8 @@ def default_prefetch() -> str:
     interleaved in one process (BENCHMARKS.md). Zen 4: "l2" ran the one-token MoE 1.16-1.23x and the
     decode GEMV 1.05-1.15x faster than "l1" (the 32 KiB L1 gained less from fetching ahead than it
     lost to it). AMD Zen 5, where both loops were tuned, and the Intel Xeon measured ran "l1". Zen 4
-    is the only AVX512_BF16 CPU of AMD's family 25 (Zen 3 has no AVX-512; its AVX2 loop does not
-    use this setting)."""
+    is the only AVX512_BF16 CPU of AMD's family 25; Zen 3 (AVX2 only, family 25 too) gets "l2" for
+    its dense decode GEMV, unmeasured there (its AVX2 MoE loop does not use this setting)."""
     vendor, family = _cpu_vendor_family()
     return "l2" if vendor == "AuthenticAMD" and family == 25 else "l1"
 

@@ -26,7 +26,7 @@
 #define GK_AVX2 1
 #endif
 
-// The cache level the AVX-512 decode loops (the MoE's few-token paths, the dense GEMV) prefetch
+// The cache level the decode loops (the AVX-512 MoE's few-token paths, the dense GEMVs) prefetch
 // the weights they read next into: _MM_HINT_T0 (L1) or _MM_HINT_T1 (L2). The build chooses per CPU
 // (gptoss_kernels/cpu/__init__.py, PREFETCH_HINTS: measured, not guessed); T0 when built by hand.
 #if !defined(GK_BF16_PREFETCH_HINT)
