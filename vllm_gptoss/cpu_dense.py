@@ -27,7 +27,8 @@ at 4-6 GB/s from 4 tokens on (measured on AMD Zen 4 with oneDNN capped to those 
 ONEDNN_MAX_CPU_ISA=AVX512_CORE, and the native kernel built for -march=skylake-avx512; torch's
 linear is the same matmul). There the layers of at least a MiB keep their bf16 weight as loaded and
 every call runs the native float32 GEMM (linear_cpu.cpp's widen-by-shift path): 1.11-1.25x oneDNN's
-at 1 token, 1.39-1.52x at 2, 2.07-2.76x at 4-256 tokens (BENCHMARKS.md; not measured on those Xeons).
+at 1 token, 1.39-1.52x at 2, 2.07-2.76x at 4-256 tokens, and since then its decode GEMV 1.08-1.17x /
+1.22-1.37x that at 1 / 2 tokens on qkv and lm_head (BENCHMARKS.md; not measured on those Xeons).
 On CPUs with AMX (Intel Xeon)
 oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
 size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the

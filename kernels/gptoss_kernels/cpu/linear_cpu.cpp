@@ -118,50 +118,41 @@ constexpr int64_t kF32GemvAhead = 4096;
 // tile, whose loads of them serve 4 rows, takes the call.
 constexpr int64_t kF32GemvMaxXBytes = 24 * 1024;
 
-// out[r * M + m] = W[row r] . x_m for R adjacent rows at wr (row stride K, a multiple of 16) over
-// the pair-split fp32 activations xs[m]; C chains per (row, token) and half
-template <int R, int M, int C>
-inline void gemv_f32_block(const uint16_t* wr, int64_t K, const float* const* xs, float* out) {
+// out[m] = W[row] . x_m for the row at wr (K a multiple of 16) over the pair-split fp32 activations
+// xs[m]; C chains per token and half
+template <int M, int C>
+inline void gemv_f32_row(const uint16_t* wr, int64_t K, const float* const* xs, float* out) {
   const int64_t k16 = K / 16;
-  __m256 even[R][M][C], odd[R][M][C];
+  __m256 even[M][C], odd[M][C];
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
+  for (int m = 0; m < M; ++m)
 #pragma GCC unroll 4
-    for (int m = 0; m < M; ++m)
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) even[r][m][c] = odd[r][m][c] = _mm256_setzero_ps();
+    for (int c = 0; c < C; ++c) even[m][c] = odd[m][c] = _mm256_setzero_ps();
   auto step = [&](int64_t k, int c) __attribute__((always_inline)) {
+    __m256 we, wo;
+    widen16(wr + k * 16, we, wo);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      __m256 we, wo;
-      widen16(wr + r * K + k * 16, we, wo);
-#pragma GCC unroll 4
-      for (int m = 0; m < M; ++m) {
-        even[r][m][c] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + k * 16), even[r][m][c]);
-        odd[r][m][c] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + k * 16 + 8), odd[r][m][c]);
-      }
+    for (int m = 0; m < M; ++m) {
+      even[m][c] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + k * 16), even[m][c]);
+      odd[m][c] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + k * 16 + 8), odd[m][c]);
     }
   };
   static_assert(C == 1 || C == 2 || C == 4, "C chains take 64-byte lines in turn");
   int64_t k = 0;
-  // per 64-byte line of each row (2 steps): one prefetch, kF32GemvAhead bytes further on
+  // per 64-byte line (2 steps): one prefetch, kF32GemvAhead bytes further on
   for (; k + 2 <= k16; k += 2) {
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-      _mm_prefetch((const char*)(wr + r * K + k * 16) + kF32GemvAhead, GK_BF16_PREFETCH_HINT);
+    _mm_prefetch((const char*)(wr + k * 16) + kF32GemvAhead, GK_BF16_PREFETCH_HINT);
     step(k, int(k % C));
     step(k + 1, int((k + 1) % C));
   }
   for (; k < k16; ++k) step(k, 0);
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
+  for (int m = 0; m < M; ++m) {
+    __m256 t = _mm256_add_ps(even[m][0], odd[m][0]);
 #pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) {
-      __m256 t = _mm256_add_ps(even[r][m][0], odd[r][m][0]);
-#pragma GCC unroll 4
-      for (int c = 1; c < C; ++c) t = _mm256_add_ps(t, _mm256_add_ps(even[r][m][c], odd[r][m][c]));
-      out[r * M + m] = gk::hsum256(t);
-    }
+    for (int c = 1; c < C; ++c) t = _mm256_add_ps(t, _mm256_add_ps(even[m][c], odd[m][c]));
+    out[m] = gk::hsum256(t);
+  }
 }
 
 // rows [n0, n1) of W [N, K] bf16 against T <= kF32GemvMaxT pair-split fp32 rows, one row at a
@@ -170,9 +161,9 @@ inline void gemv_f32_block(const uint16_t* wr, int64_t K, const float* const* xs
 void gemv_f32_rows(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const float* const* xs, int T, float* h) {
   for (int64_t n = n0; n < n1; ++n) {
     if (T == 1)
-      gemv_f32_block<1, 1, 4>(w + n * K, K, xs, h + (n - n0));
+      gemv_f32_row<1, 4>(w + n * K, K, xs, h + (n - n0));
     else
-      gemv_f32_block<1, 2, 2>(w + n * K, K, xs, h + (n - n0) * 2);
+      gemv_f32_row<2, 2>(w + n * K, K, xs, h + (n - n0) * 2);
   }
 }
 #endif
