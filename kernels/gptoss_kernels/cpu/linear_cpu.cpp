@@ -6,11 +6,12 @@
 // 2-core AVX2 machine: at gpt-oss-20b shape the attention projections and the lm_head then take
 // most of a decode step. This kernel streams them at memory speed.
 //
-// Weights stay bf16 [N, K] as loaded (no copy). A 32-byte load holds 16 weights as 8 dwords
-// (w[2j] low half, w[2j+1] high half): a 16-bit left shift gives the 8 even weights in fp32, masking
-// the low half gives the 8 odd ones, so no shuffle is needed; activations are laid out to match
-// (per 16 elements: the 8 even ones, then the 8 odd ones). fp32 FMA, fp32 sums in a fixed order
-// (each output element has one owner: deterministic for any thread count).
+// Weights stay bf16 [N, K] as loaded (no copy). One vector load holds kPair weights as kPair / 2
+// dwords (w[2j] low half, w[2j+1] high half): a 16-bit left shift gives the even weights in fp32,
+// masking the low half gives the odd ones, so no shuffle is needed; activations are laid out to
+// match (per kPair elements: the even ones, then the odd ones). kPair is 16 (256-bit vectors) in
+// AVX2 builds and 32 (512-bit) in AVX-512 builds. fp32 FMA, fp32 sums in a fixed order (each output
+// element has one owner: deterministic for any thread count).
 //
 // Work: 1-2 tokens (decode), the GEMV below (gemv_f32_rows: one stretch of rows a thread, one row at
 // a time); more, items of kRowBlock output rows (their weights, 64 x K x 2 bytes, stay in L2 while
@@ -27,65 +28,105 @@ namespace {
 constexpr int64_t kRowBlock = 64;
 constexpr int kTok = 4;
 
-// position of element c of a K-row in the pair-split layout (only whole 16-groups are permuted)
-inline int64_t pair_pos(int64_t c, int64_t k16) {
-  if (c >= k16 * 16) return c;
-  const int64_t w = c & 15;
-  return (c & ~int64_t(15)) + ((w & 1) ? 8 + (w >> 1) : (w >> 1));
-}
-
-#if defined(__AVX2__) && defined(__FMA__)
-// The 16 bf16 weights at p in fp32, as the pair-split activations pair them: the 8 even ones (the
-// low halves of the dwords, shifted up) and the 8 odd ones (the high halves, masked)
-inline void widen16(const uint16_t* p, __m256& even, __m256& odd) {
-  const __m256i v = _mm256_loadu_si256((const __m256i*)p);
-  even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-  odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xffff0000u))));
-}
+// The float32 path's vector: kPair weights a step, as kPair / 2 even and kPair / 2 odd fp32 lanes.
+// AVX-512 builds (Intel Xeons Skylake-SP to Ice Lake, and VMs that hide a CPU's AVX512_BF16) use
+// 512-bit vectors: twice the FMA width of the 256-bit ones on cores with two 512-bit FMA units,
+// which the GEMM from 3 tokens is bound by. On an Intel Xeon (Emerald Rapids whose VM hides
+// AVX512_BF16 and AMX), 2 threads, same process, against the 256-bit code before it
+// (benchmarks/cpu_dense_gemv.py --revs, BENCHMARKS.md): qkv / o_proj 1.53x / 1.68x at 4 tokens,
+// 1.76-2.38x at 16-256 (166-183 GFLOP/s), the GEMV 1.07-1.10x at 1 token, 0.94-0.96x at 2.
+// Xeon Silver / Bronze of Skylake-SP and Cascade Lake have one 512-bit FMA unit: there it does no
+// more FMAs a cycle than 256-bit code, at a lower clock (unmeasured; expected a little slower).
+#if defined(GK_AVX512)
+struct F32Vec {
+  using V = __m512;
+  static constexpr int64_t kPair = 32;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  // The kPair bf16 weights at p in fp32, as the pair-split activations pair them: the even ones (the
+  // low halves of the dwords, shifted up) and the odd ones (the high halves, masked)
+  static void widen(const uint16_t* p, V& even, V& odd) {
+    const __m512i v = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xffff0000u))));
+  }
+};
+#define GK_F32VEC 1
+#elif defined(__AVX2__) && defined(__FMA__)
+struct F32Vec {
+  using V = __m256;
+  static constexpr int64_t kPair = 16;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static float hsum(V v) { return gk::hsum256(v); }
+  static void widen(const uint16_t* p, V& even, V& odd) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xffff0000u))));
+  }
+};
+#define GK_F32VEC 1
 #endif
+#if defined(GK_F32VEC)
+constexpr int64_t kPair = F32Vec::kPair;
+#else
+constexpr int64_t kPair = 16;  // the scalar build keeps the AVX2 layout
+#endif
+
+// position of element c of a K-row in the pair-split layout (only whole kPair-groups are permuted)
+inline int64_t pair_pos(int64_t c, int64_t groups) {
+  if (c >= groups * kPair) return c;
+  const int64_t w = c & (kPair - 1);
+  return (c & ~(kPair - 1)) + ((w & 1) ? kPair / 2 + (w >> 1) : (w >> 1));
+}
 
 // out[r * M + m] = W[r, :] . x_m for R rows at w (row stride K) and M activation rows (pair-split)
 template <int R, int M>
 void tile(const uint16_t* w, int64_t K, const float* const* xs, float* out) {
-  const int64_t k16 = K / 16;
-  int64_t c0 = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[R][M];
+  const int64_t groups = K / kPair;
+#if defined(GK_F32VEC)
+  using V = F32Vec::V;
+  V acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < k16; ++c) {
+    for (int m = 0; m < M; ++m) acc[r][m] = F32Vec::zero();
+  for (int64_t c = 0; c < groups; ++c) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      __m256 we, wo;
-      widen16(w + r * K + c * 16, we, wo);
+      V we, wo;
+      F32Vec::widen(w + r * K + c * kPair, we, wo);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) {
-        acc[r][m] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + c * 16), acc[r][m]);
-        acc[r][m] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + c * 16 + 8), acc[r][m]);
+        acc[r][m] = F32Vec::fma(we, F32Vec::load(xs[m] + c * kPair), acc[r][m]);
+        acc[r][m] = F32Vec::fma(wo, F32Vec::load(xs[m] + c * kPair + kPair / 2), acc[r][m]);
       }
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) out[r * M + m] = gk::hsum256(acc[r][m]);
-  c0 = k16 * 16;
+    for (int m = 0; m < M; ++m) out[r * M + m] = F32Vec::hsum(acc[r][m]);
 #else
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       float s = 0.f;
-      for (int64_t c = 0; c < k16 * 16; ++c) s += gk::bf16_to_f32(w[r * K + c]) * xs[m][pair_pos(c, k16)];
+      for (int64_t c = 0; c < groups * kPair; ++c) s += gk::bf16_to_f32(w[r * K + c]) * xs[m][pair_pos(c, groups)];
       out[r * M + m] = s;
     }
-  c0 = k16 * 16;
 #endif
-  for (int r = 0; r < R; ++r)  // the K % 16 tail, natural order
+  for (int r = 0; r < R; ++r)  // the K % kPair tail, natural order
     for (int m = 0; m < M; ++m)
-      for (int64_t c = c0; c < K; ++c) out[r * M + m] += gk::bf16_to_f32(w[r * K + c]) * xs[m][c];
+      for (int64_t c = groups * kPair; c < K; ++c) out[r * M + m] += gk::bf16_to_f32(w[r * K + c]) * xs[m][c];
 }
 
-// rows [n0, n0 + rows) x tokens [t0, t0 + M): runtime (rows, M) -> templates. R * M <= 8
-// accumulators (AVX2 has 16 registers); M = 1 takes 8 rows, so that 8 FMA chains hide the latency.
+// rows [n0, n0 + rows) x tokens [t0, t0 + M): runtime (rows, M) -> templates. AVX2 (16 registers):
+// R * M <= 8 accumulators, M = 1 takes 8 rows, so that 8 FMA chains hide the latency. AVX-512 (32
+// registers): up to 4 x 4, so that each weight widened serves 4 tokens and each activation load 4
+// rows.
 void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const* xs, int M, float* h) {
   int64_t r0 = 0;
 #define GK_RM(RR, MM)                                                                   \
@@ -94,18 +135,23 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
   switch (M) {
     case 1: GK_RM(8, 1) break;
     case 2: GK_RM(4, 2) break;
+#if defined(GK_AVX512)
+    case 3: GK_RM(4, 3) break;
+    default: GK_RM(4, 4) break;
+#else
     case 3: GK_RM(2, 3) break;
     default: GK_RM(2, 4) break;
+#endif
   }
 #undef GK_RM
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(GK_F32VEC)
 // Few tokens (decode, at most kF32GemvMaxT) on the float32 path (builds without AVX512_BF16: AVX2
 // CPUs, AVX-512 Xeons before Cooper Lake): one row after another, so that each thread's stretch of
 // adjacent rows is one sequential stream, prefetched kF32GemvAhead bytes ahead into the cache the
 // build's GK_BF16_PREFETCH_HINT names, instead of the tile's 8 interleaved rows (8 streams one row
-// apart) that the hardware prefetcher alone followed. Per 16 weights as in tile(): one 32-byte load,
+// apart) that the hardware prefetcher alone followed. Per kPair weights as in tile(): one vector load,
 // shift and mask, two FMAs, into C x 2 accumulator chains per token (even / odd halves apart) so that
 // the FMAs' latency is hidden. Against the tile, AMD Zen 4, builds for x86-64-v3 (AVX2) and
 // skylake-avx512, 2 threads, weights from DRAM (benchmarks/cpu_dense_gemv.py --revs, BENCHMARKS.md):
@@ -118,40 +164,42 @@ constexpr int64_t kF32GemvAhead = 4096;
 // tile, whose loads of them serve 4 rows, takes the call.
 constexpr int64_t kF32GemvMaxXBytes = 24 * 1024;
 
-// out[m] = W[row] . x_m for the row at wr (K a multiple of 16) over the pair-split fp32 activations
-// xs[m]; C chains per token and half
+// out[m] = W[row] . x_m for the row at wr (K a multiple of kPair) over the pair-split fp32
+// activations xs[m]; C chains per token and half
 template <int M, int C>
 inline void gemv_f32_row(const uint16_t* wr, int64_t K, const float* const* xs, float* out) {
-  const int64_t k16 = K / 16;
-  __m256 even[M][C], odd[M][C];
+  using V = F32Vec::V;
+  constexpr int64_t kSteps = 32 / kPair;  // steps per 64-byte line of weights
+  const int64_t groups = K / kPair;
+  V even[M][C], odd[M][C];
 #pragma GCC unroll 4
   for (int m = 0; m < M; ++m)
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) even[m][c] = odd[m][c] = _mm256_setzero_ps();
+    for (int c = 0; c < C; ++c) even[m][c] = odd[m][c] = F32Vec::zero();
   auto step = [&](int64_t k, int c) __attribute__((always_inline)) {
-    __m256 we, wo;
-    widen16(wr + k * 16, we, wo);
+    V we, wo;
+    F32Vec::widen(wr + k * kPair, we, wo);
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
-      even[m][c] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs[m] + k * 16), even[m][c]);
-      odd[m][c] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs[m] + k * 16 + 8), odd[m][c]);
+      even[m][c] = F32Vec::fma(we, F32Vec::load(xs[m] + k * kPair), even[m][c]);
+      odd[m][c] = F32Vec::fma(wo, F32Vec::load(xs[m] + k * kPair + kPair / 2), odd[m][c]);
     }
   };
   static_assert(C == 1 || C == 2 || C == 4, "C chains take 64-byte lines in turn");
   int64_t k = 0;
-  // per 64-byte line (2 steps): one prefetch, kF32GemvAhead bytes further on
-  for (; k + 2 <= k16; k += 2) {
-    _mm_prefetch((const char*)(wr + k * 16) + kF32GemvAhead, GK_BF16_PREFETCH_HINT);
-    step(k, int(k % C));
-    step(k + 1, int((k + 1) % C));
+  // per 64-byte line (kSteps steps): one prefetch, kF32GemvAhead bytes further on
+  for (; k + kSteps <= groups; k += kSteps) {
+    _mm_prefetch((const char*)(wr + k * kPair) + kF32GemvAhead, GK_BF16_PREFETCH_HINT);
+#pragma GCC unroll 2
+    for (int64_t j = 0; j < kSteps; ++j) step(k + j, int((k + j) % C));
   }
-  for (; k < k16; ++k) step(k, 0);
+  for (; k < groups; ++k) step(k, 0);
 #pragma GCC unroll 4
   for (int m = 0; m < M; ++m) {
-    __m256 t = _mm256_add_ps(even[m][0], odd[m][0]);
+    V t = F32Vec::add(even[m][0], odd[m][0]);
 #pragma GCC unroll 4
-    for (int c = 1; c < C; ++c) t = _mm256_add_ps(t, _mm256_add_ps(even[m][c], odd[m][c]));
-    out[m] = gk::hsum256(t);
+    for (int c = 1; c < C; ++c) t = F32Vec::add(t, F32Vec::add(even[m][c], odd[m][c]));
+    out[m] = F32Vec::hsum(t);
   }
 }
 
@@ -329,12 +377,12 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
     return 0;
   }
 #endif
-  const int64_t k16 = K / 16;
+  const int64_t groups = K / kPair;
   std::vector<float> xp((size_t)T * K);  // activations in fp32, pair-split layout
   gk::run_items(T, [&](int64_t t) {
     for (int64_t c = 0; c < K; ++c) {
       const float v = x_mode == 1 ? gk::bf16_to_f32(((const uint16_t*)x)[t * K + c]) : ((const float*)x)[t * K + c];
-      xp[t * K + pair_pos(c, k16)] = v;
+      xp[t * K + pair_pos(c, groups)] = v;
     }
   });
   auto store = [&](int64_t t, int64_t n, float v) {
@@ -344,8 +392,8 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
     else
       ((float*)y)[t * N + n] = v;
   };
-#if defined(__AVX2__) && defined(__FMA__)
-  if (T <= kF32GemvMaxT && K % 16 == 0 && T * K * (int64_t)sizeof(float) <= kF32GemvMaxXBytes) {
+#if defined(GK_F32VEC)
+  if (T <= kF32GemvMaxT && K % kPair == 0 && T * K * (int64_t)sizeof(float) <= kF32GemvMaxXBytes) {
     const float* xs[kF32GemvMaxT];
     for (int64_t t = 0; t < T; ++t) xs[t] = xp.data() + t * K;
     gk::run_stretches(N, [&](int64_t n0, int64_t n1) {
