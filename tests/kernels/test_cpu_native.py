@@ -57,8 +57,12 @@ X86 = platform.machine() in ("x86_64", "AMD64")
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
 MARCH_NEEDS = {"x86-64-v3": {"avx2", "fma"}, "x86-64": set(),
                # Intel Xeon Skylake-SP: AVX-512 without AVX512_BF16 or VNNI; Cascade Lake: with VNNI
-               "skylake-avx512": AVX512_FLAGS, "cascadelake": AVX512_FLAGS | {"avx512_vnni"}}
-MARCH_ISA = {"x86-64-v3": "avx2", "x86-64": "scalar", "skylake-avx512": "avx512", "cascadelake": "avx512"}
+               "skylake-avx512": AVX512_FLAGS, "cascadelake": AVX512_FLAGS | {"avx512_vnni"},
+               # Intel client cores from Alder Lake on: AVX2 with AVX-VNNI, no AVX-512
+               "alderlake": {"avx2", "fma", "avx_vnni"}}
+MARCH_ISA = {"x86-64-v3": "avx2", "x86-64": "scalar", "skylake-avx512": "avx512", "cascadelake": "avx512",
+             "alderlake": "avx2"}
+VNNI_MARCHES = {"cascadelake", "alderlake"}
 
 
 def _load_march(cache_root, march):
@@ -172,13 +176,13 @@ def test_every_isa_matches_reference(any_isa, dtype, T, k):
     _check(any_isa, x, w, ids, p, BOUNDS[dtype])
 
 
-@pytest.fixture(scope="module", params=["x86-64-v3", "skylake-avx512", "cascadelake"])
+@pytest.fixture(scope="module", params=["x86-64-v3", "alderlake", "skylake-avx512", "cascadelake"])
 def q16_build(request, cache_root):
-    """The builds with a q16 path: AVX2 (vpmaddwd on 256-bit words), AVX-512 (the nibble-table decode,
-    vpmaddwd), AVX-512 + VNNI (vpdpwssd)."""
+    """The builds with a q16 path: AVX2 (vpmaddwd on 256-bit words), AVX2 + AVX-VNNI (vpdpwssd on
+    them), AVX-512 (the nibble-table decode, vpmaddwd), AVX-512 + VNNI (vpdpwssd)."""
     n = _load_march(cache_root, request.param)
     assert n.features & native_cpu.FEATURE_Q16 and n.act_mode(torch.bfloat16) == native_cpu.MODE_Q16
-    assert bool(n.features & native_cpu.FEATURE_VNNI) == (request.param == "cascadelake")
+    assert bool(n.features & native_cpu.FEATURE_VNNI) == (request.param in VNNI_MARCHES)
     return n
 
 

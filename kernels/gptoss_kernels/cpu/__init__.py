@@ -21,7 +21,7 @@ by exactly-dequantized bf16 weights with float32 sums (the SwiGLU output is roun
 the down projection); on AVX2 CPUs and on AVX-512 CPUs without AVX512_BF16 (fp16 activations on
 any of them), 16-bit activations are quantized to int16 per 32-block inside the kernel (step =
 block max / 32767: error ~1e-5 of the block's largest value, two orders below bf16's own rounding)
-for integer dot products with the 2x-E2M1 codes (AVX512_VNNI's vpdpwssd where present), blocks
+for integer dot products with the 2x-E2M1 codes (vpdpwssd where AVX512_VNNI or AVX-VNNI has it), blocks
 with extreme E8M0 scales exactly in float32; the scalar build converts 16-bit activations to float32.
 """
 

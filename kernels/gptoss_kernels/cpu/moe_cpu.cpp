@@ -18,8 +18,9 @@
 //   AVX2 + FMA                     fp32 activations: 8 magnitudes by vpermps + sign bit by xor;
 //                                  bf16/fp16 models (act_mode 2): activations quantized to int16 per
 //                                  32-block (error ~1e-5 of the block's max, far below bf16's own
-//                                  rounding), codes -> int8 2*E2M1 by vpshufb, vpmaddwd int16 dots,
-//                                  one fp32 FMA per block with the two scales
+//                                  rounding), codes -> int8 2*E2M1 by vpshufb, vpmaddwd int16 dots
+//                                  (the second vpdpwssd with AVX-VNNI), one fp32 FMA per block with
+//                                  the two scales
 //   anything else                  scalar fp32 (same layout, same results up to summation order)
 // Dequantization happens in registers inside the dot products: no expert is ever expanded in memory.
 //
@@ -455,8 +456,13 @@ void dot_q16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, const Q16Row* x
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int16_t* q = xs[m].q + b * 32;
+#if defined(__AVXVNNI__)  // Intel client cores from Alder Lake on: the second product added in place
+        const __m256i p = _mm256_dpwssd_avx_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)q)),
+                                                  w1, _mm256_loadu_si256((const __m256i*)(q + 16)));
+#else
         const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i*)q)),
                                            _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i*)(q + 16))));
+#endif
         acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ws, hv[m]), acc[r][m]);
       }
     }
@@ -862,7 +868,8 @@ int gptoss_cpu_group_rows() { return int(kGroupRows); }
 int gptoss_cpu_chunk_bytes() { return int(kChunk); }
 
 // Bit 0: AVX-512 fp32 path, bit 1: AVX512_BF16 path, bit 2: AVX2 path (none of them: scalar);
-// bit 3: the q16 mode (AVX2 or AVX-512 builds), bit 4: its dot products use AVX512_VNNI.
+// bit 3: the q16 mode (AVX2 or AVX-512 builds), bit 4: its dot products use VNNI (AVX512_VNNI in
+// AVX-512 builds, AVX-VNNI in AVX2 builds).
 int gptoss_cpu_features() {
   int f = 0;
 #if defined(GK_AVX512)
@@ -877,7 +884,7 @@ int gptoss_cpu_features() {
 #if defined(GK_Q16)
   f |= 8;
 #endif
-#if defined(GK_AVX512) && defined(__AVX512VNNI__)
+#if (defined(GK_AVX512) && defined(__AVX512VNNI__)) || (defined(GK_AVX2) && defined(__AVXVNNI__))
   f |= 16;
 #endif
   return f;
