@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <unistd.h>  // sysconf: the L1 data cache's size
+
 #include "cpu_common.h"
 
 namespace {
@@ -159,10 +161,23 @@ void rows_tokens(const uint16_t* w, int64_t K, int64_t rows, const float* const*
 // 1 token; 98-102% of the bandwidth probed in the same run on qkv and lm_head.
 constexpr int kF32GemvMaxT = 2;
 constexpr int64_t kF32GemvAhead = 4096;
-// The GEMV rereads the fp32 activations for every row: above this many bytes of them they crowd
-// the weight stream out of a 32 KiB L1 (o_proj, K = 4096, 2 tokens: 0.77-0.82x the tile), and the
-// tile, whose loads of them serve 4 rows, takes the call.
-constexpr int64_t kF32GemvMaxXBytes = 24 * 1024;
+// The GEMV rereads the fp32 activations for every row: above 3/4 of the L1 data cache they crowd
+// the weight stream out of it, and the tile, whose loads of them serve 4 rows, takes the call.
+// o_proj at 2 tokens (K = 4096: 32 KiB of activations), the AVX2 build's GEMV against its tile:
+// 0.77-0.82x with a 32 KiB L1 (AMD Zen 4), 1.34x with a 48 KiB one (AMD Zen 5; Intel's client cores
+// from Alder Lake on have 48 KiB too). 32 KiB where the OS does not say. The 512-bit build's 4 x 4
+// tile beat its GEMV there even on Zen 5 (0.91x), so that build keeps the 32 KiB rule.
+inline int64_t f32_gemv_max_x_bytes() {
+#if defined(GK_AVX512)
+  return 24 * 1024;
+#else
+  static const int64_t bytes = [] {
+    const long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return int64_t(l1d >= 16 * 1024 && l1d <= 1024 * 1024 ? l1d : 32 * 1024) * 3 / 4;
+  }();
+  return bytes;
+#endif
+}
 
 // out[m] = W[row] . x_m for the row at wr (K a multiple of kPair) over the pair-split fp32
 // activations xs[m]; C chains per token and half
@@ -401,7 +416,7 @@ int gptoss_cpu_linear_bf16(int x_mode, const void* x, const uint16_t* w, const f
       ((float*)y)[t * N + n] = v;
   };
 #if defined(GK_F32VEC)
-  if (T <= kF32GemvMaxT && K % kPair == 0 && T * K * (int64_t)sizeof(float) <= kF32GemvMaxXBytes) {
+  if (T <= kF32GemvMaxT && K % kPair == 0 && T * K * (int64_t)sizeof(float) <= f32_gemv_max_x_bytes()) {
     const float* xs[kF32GemvMaxT];
     for (int64_t t = 0; t < T; ++t) xs[t] = xp.data() + t * K;
     gk::run_stretches(N, [&](int64_t n0, int64_t n1) {
