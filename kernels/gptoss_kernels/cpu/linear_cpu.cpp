@@ -166,14 +166,15 @@ constexpr int64_t kF32GemvAhead = 4096;
 // o_proj at 2 tokens (K = 4096: 32 KiB of activations), the AVX2 build's GEMV against its tile:
 // 0.77-0.82x with a 32 KiB L1 (AMD Zen 4), 1.34x with a 48 KiB one (AMD Zen 5; Intel's client cores
 // from Alder Lake on have 48 KiB too). 32 KiB where the OS does not say. The 512-bit build's 4 x 4
-// tile beat its GEMV there even on Zen 5 (0.91x), so that build keeps the 32 KiB rule.
+// tile beat its GEMV there even on Zen 5 (0.91x), so that build keeps the 32 KiB L1's threshold.
+constexpr int64_t kL1dAssumed = 32 * 1024;
 inline int64_t f32_gemv_max_x_bytes() {
 #if defined(GK_AVX512)
-  return 24 * 1024;
+  return kL1dAssumed * 3 / 4;
 #else
   static const int64_t bytes = [] {
     const long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    return int64_t(l1d >= 16 * 1024 && l1d <= 1024 * 1024 ? l1d : 32 * 1024) * 3 / 4;
+    return int64_t(l1d >= 16 * 1024 && l1d <= 1024 * 1024 ? l1d : kL1dAssumed) * 3 / 4;
   }();
   return bytes;
 #endif
