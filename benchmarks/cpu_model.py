@@ -323,7 +323,8 @@ def _vllm_worker(spec: dict) -> dict:
     native = moe_ops._native
     huge = [ln for ln in Path("/proc/self/smaps_rollup").read_text().splitlines() if ln.startswith("AnonHugePages:")]
     return {"native_kernel": None if native is None else {"isa": native.isa, "features": native.features,
-                                                          "path": str(native.path), "prefetch": native.prefetch},
+                                                          "path": str(native.path), "prefetch": native.prefetch,
+                                                          "amx": native.amx},
             "anon_huge_pages_gib": int(huge[0].split()[1]) * 1024 / 2**30 if huge else None,
             "load_s": load_s, "prefill_s": t_prefill, "prefill_plus_decode_s": t_total,
             "prefill_tokens_per_s": S * spec["prompt_tokens"] / t_prefill,

@@ -191,7 +191,7 @@ def make_native(w: dict):
                                       w["w2_weight"], w["w2_weight_scale"], b2, SWIGLU_ALPHA, SWIGLU_LIMIT)
 
     return run, [w["w13_weight"], w["w13_weight_scale"], w["w2_weight"], w["w2_weight_scale"], b13, b2], \
-        {"isa": native.isa, "prefetch": native.prefetch}
+        {"isa": native.isa, "prefetch": native.prefetch, "amx": native.amx}
 
 
 MAKERS = {"native": make_native, "torch": make_ours, "stock": make_stock}
@@ -258,6 +258,9 @@ def worker(args) -> None:
         for i in range(1, args.warmup):
             layers[i % args.layers][0](*inputs[i % args.routings])
         times, cpu_times, peaks, rates = [], [], [], []
+        # the native kernel's AMX work items (experts x 32 rows that multiplied on tiles) in the timed calls
+        native = vllm_gptoss.moe_ops._native if args.worker == "native" else None
+        amx_items = native.amx_items() if native is not None else 0
         i = 0
         # at least MIN_TIMED calls; more, up to --repeats, while the timed calls stay within --budget-s
         while len(times) < args.repeats and (len(times) < MIN_TIMED or sum(times) < args.budget_s):
@@ -296,6 +299,8 @@ def worker(args) -> None:
             "load_avg_1min_after": os.getloadavg()[0],
             **layers[0][2],
         }
+        if native is not None:
+            result["amx_items_per_call"] = (native.amx_items() - amx_items) / len(times)
         print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -17,6 +17,7 @@ CPU_DENSE_GEMV = "VLLM_GPTOSS_CPU_DENSE_GEMV"
 CPU_PREFETCH = "VLLM_GPTOSS_CPU_PREFETCH"
 CPU_HUGE_PAGES = "VLLM_GPTOSS_CPU_HUGE_PAGES"
 CPU_MARCH = "VLLM_GPTOSS_CPU_MARCH"
+CPU_AMX = "VLLM_GPTOSS_CPU_AMX"
 HARMONY_PARSER = "VLLM_GPTOSS_HARMONY_PARSER"
 LEGACY_TOOL_CALL_HEADERS = "VLLM_GPTOSS_LEGACY_TOOL_CALL_HEADERS"
 REASONING_EFFORT = "VLLM_GPTOSS_REASONING_EFFORT"
@@ -40,6 +41,8 @@ ENV_VARS = {
     CPU_MARCH: "gcc -march for the native CPU kernels (default native: this CPU's instructions); another "
                "CPU's value runs that CPU's code path (e.g. skylake-avx512, x86-64-v3), for benchmarks or where "
                "a VM reports instructions it does not run; a separate cached build each",
+    CPU_AMX: "0: keep the native MoE's AVX512_BF16 dot products for experts with 8+ tokens of a call on AMX "
+             "CPUs (default auto: there they multiply on AMX tiles, after a check against the AVX-512 path at load)",
     CPU_HUGE_PAGES: "0: do not ask Linux for transparent huge pages under the model's large CPU weights "
                     "(default: asked where THP is in `madvise` mode; decoding streams them faster)",
     HARMONY_PARSER: "builtin: keep vLLM's own HarmonyParser in the server instead of ours",

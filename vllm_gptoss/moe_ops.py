@@ -20,6 +20,7 @@ import torch
 
 from gptoss_kernels.reference import moe_reference
 
+from .envs import CPU_AMX as CPU_AMX_ENV  # "0" keeps the native MoE off AMX tiles
 from .envs import CPU_MARCH as CPU_MARCH_ENV  # gcc -march of the native build (default native)
 from .envs import CPU_NATIVE as CPU_NATIVE_ENV  # "0" forces the torch path on the CPU
 from .envs import CPU_PREFETCH as CPU_PREFETCH_ENV  # l1 / l2: where the native decode loops prefetch
@@ -125,6 +126,15 @@ def cpu_march_setting() -> str:
     return os.environ.get(CPU_MARCH_ENV, "").strip() or "native"
 
 
+def cpu_amx_setting() -> str:
+    """VLLM_GPTOSS_CPU_AMX: "auto" (unset: the AMX path where the build has it) or "0"; anything
+    else is refused, naming the values."""
+    setting = os.environ.get(CPU_AMX_ENV, "auto").strip().lower() or "auto"
+    if setting not in ("auto", "0"):
+        raise ValueError(f"{CPU_AMX_ENV}={os.environ[CPU_AMX_ENV]!r}: expected one of ['0', 'auto']")
+    return setting
+
+
 def cpu_native_kernel():
     """The native CPU MoE kernel (built on first use, once per machine), or None after one warning."""
     global _native, _native_error
@@ -133,6 +143,7 @@ def cpu_native_kernel():
     from gptoss_kernels import cpu as native_cpu
 
     prefetch = cpu_prefetch_setting()  # a bad value is the user's error, not a missing compiler
+    amx = cpu_amx_setting()
     try:
         _native = native_cpu.load(native_cache_root(), march=cpu_march_setting(), prefetch=prefetch)
     except native_cpu.NativeUnavailable as e:
@@ -141,8 +152,17 @@ def cpu_native_kernel():
                        "on the torch path instead (correct, much slower). %s=0 selects it without this "
                        "warning.", e, CPU_NATIVE_ENV)
         return None
-    logger.info("vllm-gptoss: native CPU MoE kernel loaded (%s path, weights prefetched into %s, %s)",
-                _native.isa, _native.prefetch.upper(), _native.path)
+    # AMX CPUs: experts with 8+ tokens of a call (prefill) multiply on tiles, where vLLM-CPU's own
+    # bf16 MoE does too; enable_amx checks the path against the AVX-512 one first
+    if amx == "auto" and _native.amx_built:
+        try:
+            _native.enable_amx()
+        except native_cpu.NativeUnavailable as e:
+            logger.warning("vllm-gptoss: the native MoE's AMX path is off: %s. Experts with many tokens run on "
+                           "AVX512_BF16 dot products instead (correct, slower for prefill).", e)
+    logger.info("vllm-gptoss: native CPU MoE kernel loaded (%s path%s, weights prefetched into %s, %s)",
+                _native.isa, ", AMX tiles for 8+ tokens an expert" if _native.amx else "",
+                _native.prefetch.upper(), _native.path)
     return _native
 
 

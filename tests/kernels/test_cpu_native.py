@@ -516,6 +516,110 @@ def test_march_setting_reaches_the_build(monkeypatch, tmp_path):
     assert "no-such-cpu" in str(moe_ops._native_error)
 
 
+# ------------------------------------------------------------------ the MoE's AMX path (prefill)
+# Experts with 8+ tokens of a bf16 call multiply on AMX tiles (moe_cpu.cpp, amx_tiles.h): the
+# instructions on CPUs with AMX; on AVX512_BF16 CPUs without it, their software model, which runs the
+# same layouts and loops around the tiles (the dequantized scratch tile as A, the activations in the
+# pair-interleaved layout as B).
+@pytest.fixture
+def amx(cache_root):
+    flags = set(native_cpu._cpu_flags())
+    if {"amx_bf16", "amx_tile"} <= flags:
+        n = _load(cache_root / "native", "native")
+        assert n.features & native_cpu.FEATURE_AMX
+    elif "avx512_bf16" in flags:
+        n = native_cpu.load(cache_root / "native", emulate_amx=True)
+        assert n.features & native_cpu.FEATURE_AMX_EMULATED and not n.features & native_cpu.FEATURE_AMX
+    else:
+        pytest.skip("the AMX path needs AMX, or AVX512_BF16 for its software model")
+    n.enable_amx()
+    assert n.amx
+    yield n
+    n.disable_amx()
+
+
+@pytest.mark.parametrize("T,k", [(17, 4), (33, 4), (64, 4), (257, 1), (257, 4)])
+def test_amx_matches_reference(amx, T, k):
+    """Experts of 8 to ~200 tokens (groups of 16 tokens and a partial last one, 1 or 2 B tiles a
+    step), ids -1, biases, both SwiGLU clamps: the reference's bf16 bound, the AMX path seen to run,
+    and the same results as the AVX-512 path of the build up to bf16 rounding."""
+    E, H, I = 5, 128, 96
+    g = torch.Generator().manual_seed(7000 + 10 * T + k)
+    p = _experts(E, H, I, g)
+    x = (torch.randn(T, H, generator=g) * 4).to(torch.bfloat16)
+    w, ids = _routing(T, E, k, g)
+    counts = torch.bincount(ids[ids >= 0].long(), minlength=E)
+    assert (counts >= 8).any()
+    before = amx.amx_items()
+    _check(amx, x, w, ids, p, BOUNDS[torch.bfloat16])
+    assert amx.amx_items() > before  # the AMX path ran
+    w13, w2 = _packed(amx, p)
+    args = (x, w, ids, w13, p["s13"], p["b13"], w2, p["s2"], p["b2"], 1.702, 7.0)
+    on = amx.moe(*args).float()
+    amx.disable_amx()
+    after = amx.amx_items()
+    off = amx.moe(*args).float()
+    assert amx.amx_items() == after  # switched off: the AVX-512 path
+    assert ((on - off).norm() / off.norm()).item() <= 1e-2
+
+
+@pytest.mark.parametrize("scale_zero", [True, False], ids=["with-0", "1-254"])
+def test_amx_extreme_scales(amx, scale_zero):
+    """test_extreme_scales on the AMX build with 40 tokens: the gate_up tiles with extreme scales take
+    the exact in-register path, the down projection's the AMX path, in one call."""
+    before = amx.amx_items()
+    test_extreme_scales(amx, torch.bfloat16, 40, scale_zero)
+    assert amx.amx_items() > before
+
+
+def test_amx_refused_where_absent(cache_root):
+    """A build without AMX tiles (the AVX2 one here) refuses the AMX path, naming why."""
+    n = _load_march(cache_root, "x86-64-v3")
+    assert not n.amx_built
+    with pytest.raises(native_cpu.NativeUnavailable, match="no AMX tiles"):
+        n.enable_amx()
+    assert not n.amx
+
+
+def test_amx_off_when_its_check_disagrees(amx, monkeypatch):
+    """enable_amx's check (the AMX path against the AVX-512 one on a random MoE) failing leaves the
+    path off, with the difference in the message."""
+    amx.disable_amx()
+    monkeypatch.setattr(type(amx), "_amx_disagreement", lambda self: 0.5)
+    with pytest.raises(native_cpu.NativeUnavailable, match="disagrees.*0.5"):
+        amx.enable_amx()
+    assert not amx.amx
+    g = torch.Generator().manual_seed(71)
+    p = _experts(2, 64, 64, g)
+    x = torch.randn(20, 64, generator=g).to(torch.bfloat16)
+    w, ids = _routing(20, 2, 1, g, drop=0.0)
+    before = amx.amx_items()
+    _check(amx, x, w, ids, p, BOUNDS[torch.bfloat16])
+    assert amx.amx_items() == before
+
+
+@pytest.mark.parametrize("setting", [None, "0", "2"])
+def test_amx_setting(setting, amx, monkeypatch, tmp_path):
+    """VLLM_GPTOSS_CPU_AMX: unset (auto) turns the AMX path on where the build has it, 0 keeps it off,
+    anything else is refused, naming the values."""
+    from vllm_gptoss import moe_ops
+
+    amx.disable_amx()
+    monkeypatch.setattr(moe_ops, "_native", None)
+    monkeypatch.setattr(moe_ops, "_native_error", None)
+    monkeypatch.setattr(native_cpu, "load", lambda *a, **kw: amx)
+    if setting is None:
+        monkeypatch.delenv("VLLM_GPTOSS_CPU_AMX", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_GPTOSS_CPU_AMX", setting)
+    if setting == "2":
+        with pytest.raises(ValueError, match=r"VLLM_GPTOSS_CPU_AMX='2': expected one of \['0', 'auto'\]"):
+            moe_ops.cpu_native_kernel()
+        return
+    assert moe_ops.cpu_native_kernel() is amx
+    assert amx.amx == (setting is None)
+
+
 # ------------------------------------------------------------------------------ dense bf16 linear
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,N,K,bias", [(1, 200, 160, True), (3, 67, 2880 // 10, False), (5, 130, 40, True),

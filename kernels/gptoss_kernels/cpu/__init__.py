@@ -15,6 +15,7 @@ No vLLM import here. Public:
   NativeKernels.pack_experts(blocks, inplace)    E2M1 codes, checkpoint order -> the layout `moe` reads (once, at load)
   NativeKernels.moe(x, topk_weights, topk_ids, w13, w13_scale, w13_bias, w2, w2_scale, w2_bias, alpha, limit)
   NativeKernels.linear(x, weight, bias)    y = x weight^T + bias for bf16 weights [N, K], used in place
+  NativeKernels.enable_amx() / disable_amx()    AMX builds: experts with 8+ tokens of a bf16 call on AMX tiles
 Numerics: float32 activations run float32 math on exactly dequantized weights (as moe_reference,
 up to summation order); bfloat16 activations, on CPUs with AVX512_BF16, multiply bf16 activations
 by exactly-dequantized bf16 weights with float32 sums (the SwiGLU output is rounded to bf16 before
@@ -44,12 +45,13 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("moe_cpu.cpp", "linear_cpu.cpp"))
-HEADERS = (Path(__file__).with_name("cpu_common.h"),)
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("cpu_common.h", "amx_tiles.h"))
 LIB_NAME = "gptoss_moe_cpu.so"
 # ISA flags of /proc/cpuinfo that change what -march=native compiles
 _ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
               "avx512_bf16", "avx512vbmi", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
 FEATURE_AVX512, FEATURE_BF16, FEATURE_AVX2, FEATURE_Q16, FEATURE_VNNI = 1, 2, 4, 8, 16  # gptoss_cpu_features() bits
+FEATURE_AMX, FEATURE_AMX_EMULATED = 32, 64  # AMX tiles, or their software model (moe_cpu.cpp, amx_tiles.h)
 MODE_F32, MODE_BF16, MODE_Q16 = 0, 1, 2  # gptoss_cpu_moe's act_mode
 # Tokens per kernel call: longer inputs run in chunks of this many. The kernel's buffers grow with
 # tokens x top-k (SwiGLU rows, weighted outputs, nibble-layout rows: ~100 MB at 1024 tokens, top-4,
@@ -130,26 +132,29 @@ def _compiler() -> list[str]:
     return shlex.split(cxx)
 
 
-def build_command(sources, out: Path, march: str = "native", prefetch: str = "l1") -> list[str]:
+def build_command(sources, out: Path, march: str = "native", prefetch: str = "l1",
+                  emulate_amx: bool = False) -> list[str]:
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     # -fopenmp + linking from torch/lib: the library's NEEDED libgomp.so.1 resolves to the copy
     # torch already loaded, so both share one OpenMP runtime (one thread pool, torch's thread count).
     return [*_compiler(), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
-            "-fno-math-errno", f"-DGK_BF16_PREFETCH_HINT={PREFETCH_HINTS[prefetch]}", *map(str, sources),
+            "-fno-math-errno", f"-DGK_BF16_PREFETCH_HINT={PREFETCH_HINTS[prefetch]}",
+            *(["-DGK_AMX_EMULATE=1"] if emulate_amx else []), *map(str, sources),
             "-o", str(out), f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
 
 
-def cache_key(march: str = "native", prefetch: str = "l1") -> str:
+def cache_key(march: str = "native", prefetch: str = "l1", emulate_amx: bool = False) -> str:
     h = hashlib.sha256()
     for f in (*SOURCES, *HEADERS):
         h.update(f.read_bytes())
     h.update(_package_version().encode())
-    h.update(" ".join(build_command([Path(f.name) for f in SOURCES], Path("out"), march, prefetch)).encode())
+    h.update(" ".join(build_command([Path(f.name) for f in SOURCES], Path("out"), march, prefetch,
+                                    emulate_amx)).encode())
     h.update(",".join(_cpu_flags()).encode())
     return h.hexdigest()[:16]
 
 
-def _build(directory: Path, march: str, prefetch: str) -> tuple[Path, bool]:
+def _build(directory: Path, march: str, prefetch: str, emulate_amx: bool) -> tuple[Path, bool]:
     """Compile into `directory` under its lock; returns (library path, whether we compiled it)."""
     lib = directory / LIB_NAME
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +166,7 @@ def _build(directory: Path, march: str, prefetch: str) -> tuple[Path, bool]:
         if shutil.which(cxx[0]) is None:
             raise NativeUnavailable(f"no C++ compiler: {cxx[0]!r} (from $CXX, default g++) was not found")
         tmp = directory / f"{LIB_NAME}.{os.getpid()}.tmp"
-        cmd = build_command(SOURCES, tmp, march, prefetch)
+        cmd = build_command(SOURCES, tmp, march, prefetch, emulate_amx)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -175,6 +180,9 @@ def _build(directory: Path, march: str, prefetch: str) -> tuple[Path, bool]:
 
 
 _U8P = ctypes.POINTER(ctypes.c_uint8)
+# enable_amx's check: the AMX and AVX-512 paths multiply the same bf16 values with float32 sums in
+# another order; what differs is mostly where a SwiGLU output rounds to bf16 (~1e-3 relative)
+AMX_CHECK_TOLERANCE = 2e-2
 
 
 class NativeKernels:
@@ -204,6 +212,14 @@ class NativeKernels:
         # Intel AMX: there oneDNN's packed bf16 GEMM streams the dense layers faster than the GEMV
         # (Xeon, 2026-12-06: the GEMV 0.74-1.0x at 1-8 tokens), so callers keep oneDNN's by default
         self.has_amx = "amx_bf16" in _cpu_flags()
+        # the MoE's AMX path (enable_amx): off until asked for, and only in builds with AMX tiles
+        # (libraries of earlier revisions, which benchmarks/cpu_moe_ab.py loads, have no such switch)
+        self._amx_switch = getattr(self.lib, "gptoss_cpu_amx", None)
+        if self._amx_switch is not None:
+            self._amx_switch.restype = ctypes.c_int
+            self._amx_switch.argtypes = [ctypes.c_int]
+            self.lib.gptoss_cpu_amx_items.restype = ctypes.c_int64
+        self.amx = False
 
     @property
     def isa(self) -> str:
@@ -270,6 +286,66 @@ class NativeKernels:
         main = flat[..., :r * full].reshape(n, q, full // c, r, c).transpose(2, 3).reshape(n, q, r, full)
         tail = flat[..., r * full:].reshape(n, q, r, kb - full)
         return torch.cat([main, tail], dim=-1).reshape(blocks.shape)
+
+    @property
+    def amx_built(self) -> bool:
+        """Whether this build has the MoE's AMX path (the instructions, or their software model)."""
+        return self._amx_switch is not None and bool(self.features & (FEATURE_AMX | FEATURE_AMX_EMULATED))
+
+    def enable_amx(self) -> None:
+        """Turn on the MoE's AMX path: bf16 activations, experts with 8+ tokens of a call (prefill),
+        multiplied on AMX tiles instead of AVX512_BF16 dot products (moe_cpu.cpp). Process-wide.
+        Asks Linux for the tile registers, then runs a small random MoE both ways and compares;
+        raises NativeUnavailable, the path left off, when the build has no AMX tiles, Linux refuses
+        them, or the two disagree."""
+        if not self.amx_built:
+            raise NativeUnavailable(f"this build of the native kernel has no AMX tiles (features {self.features}; "
+                                    f"the CPU reports amx_bf16: {self.has_amx})")
+        if self._amx_switch(1) != 1:
+            raise NativeUnavailable("Linux refused this process the AMX tile registers "
+                                    "(arch_prctl ARCH_REQ_XCOMP_PERM; kernel 5.16+ needed)")
+        try:
+            err = self._amx_disagreement()
+        except BaseException:
+            self.disable_amx()
+            raise
+        if not err <= AMX_CHECK_TOLERANCE:
+            self.disable_amx()
+            raise NativeUnavailable(f"the AMX path disagrees with the AVX-512 path on a random MoE: relative "
+                                    f"L2 difference {err:.3g} (at most {AMX_CHECK_TOLERANCE} expected)")
+        self.amx = True
+
+    def amx_items(self) -> int:
+        """Work items (32 rows of an expert x all its tokens of a call) the AMX path has run in this
+        process: benchmarks record it, tests check the path ran."""
+        return self.lib.gptoss_cpu_amx_items() if self._amx_switch is not None else 0
+
+    def disable_amx(self) -> None:
+        if self._amx_switch is not None:
+            self._amx_switch(0)
+        self.amx = False
+
+    def _amx_disagreement(self) -> float:
+        """Relative L2 difference of a small random bf16 MoE (3 experts with ~32 tokens each, extreme
+        activations absent) computed with the AMX path on (as set now) and off."""
+        g = torch.Generator().manual_seed(20261207)
+        E, H, I, T, K = 3, 96, 64, 48, 2
+        w13 = self.pack_experts(torch.randint(0, 256, (E, 2 * I, H // 2), dtype=torch.uint8, generator=g))
+        w2 = self.pack_experts(torch.randint(0, 256, (E, H, I // 2), dtype=torch.uint8, generator=g))
+        s13 = torch.randint(119, 125, (E, 2 * I, H // 32), dtype=torch.uint8, generator=g)
+        s2 = torch.randint(119, 125, (E, H, I // 32), dtype=torch.uint8, generator=g)
+        b13, b2 = torch.randn(E, 2 * I, generator=g) * 0.1, torch.randn(E, H, generator=g) * 0.1
+        x = torch.randn(T, H, generator=g).to(torch.bfloat16)
+        ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)]).to(torch.int32)
+        tw = torch.softmax(torch.randn(T, K, generator=g), dim=-1)
+        args = (x, tw, ids, w13, s13, b13, w2, s2, b2, 1.702, 7.0)
+        on = self.moe(*args).float()
+        self._amx_switch(0)
+        try:
+            off = self.moe(*args).float()
+        finally:
+            self._amx_switch(1)
+        return float((on - off).norm() / off.norm().clamp_min(1e-30))
 
     def moe(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             w13: torch.Tensor, w13_scale: torch.Tensor, w13_bias: torch.Tensor | None,
@@ -391,12 +467,14 @@ _LOADED: dict = {}
 
 
 def load(cache_root: str | os.PathLike | None = None, march: str = "native",
-         prefetch: str | None = None) -> NativeKernels:
+         prefetch: str | None = None, emulate_amx: bool = False) -> NativeKernels:
     """Build if needed (once per machine and key, file-locked), load, and return the kernel.
 
     `march` is gcc's -march: "native" (the default: this CPU's ISA); the tests also build
     "x86-64-v3" (AVX2 path) and "x86-64" (scalar path) to check the fallbacks on an AVX-512 machine.
-    `prefetch`: a key of PREFETCH_HINTS, None for default_prefetch() (results do not depend on it)."""
+    `prefetch`: a key of PREFETCH_HINTS, None for default_prefetch() (results do not depend on it).
+    `emulate_amx`: build the MoE's AMX path on a software model of the tile instructions (tests on
+    CPUs without AMX; slow: never for serving)."""
     if prefetch is None:
         prefetch = default_prefetch()
     if prefetch not in PREFETCH_HINTS:
@@ -404,13 +482,13 @@ def load(cache_root: str | os.PathLike | None = None, march: str = "native",
     if sys.platform != "linux":
         raise NativeUnavailable(f"the native MoE kernel is built for Linux only, found {sys.platform}")
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    directory = root / cache_key(march, prefetch)
+    directory = root / cache_key(march, prefetch, emulate_amx)
     if directory in _LOADED:
         return _LOADED[directory]
     lib = directory / LIB_NAME
     built = False
     if not lib.exists():
-        lib, built = _build(directory, march, prefetch)
+        lib, built = _build(directory, march, prefetch, emulate_amx)
     try:
         native = NativeKernels(lib)
     except OSError as e:

@@ -9,6 +9,8 @@
 //                                  (dot_bf16_nib); elsewhere codes -> bf16 through a word
 //                                  table (vpermw) whose exponents carry the block's E8M0 scale
 //                                  (dot_bf16), or a dequantized bf16 tile for 8+ tokens
+//   + AMX-BF16 (switched on at     experts with 8+ tokens: the same dequantized bf16 tile times the
+//   run time, gptoss_cpu_amx)      activations on AMX tiles (TDPBF16PS; amx_tiles.h), the rest as above
 //   AVX-512 (F+BW)                 fp32 activations: codes -> fp32 through a 16-entry table
 //                                  (vpermps) pre-multiplied by the scale, fp32 FMA; bf16/fp16
 //                                  models without AVX512_BF16 (act_mode 2, Intel Skylake-SP to Ice
@@ -56,6 +58,7 @@
 #include <vector>
 
 #include "cpu_common.h"  // GK_AVX512 / GK_BF16 / GK_AVX2: the paths this build has
+#include "amx_tiles.h"   // GK_AMX: the build has AMX tiles (or their software model)
 
 // the q16 mode (16-bit activations as int16, integer dot products): AVX2 and AVX-512 builds
 #if defined(GK_AVX2) || defined(GK_AVX512)
@@ -723,6 +726,75 @@ void gemm_bf16_rows(const uint16_t* wt, int64_t nb, const uint16_t* const* xs, i
 }
 #endif
 
+// Whether experts with kScratchMin+ tokens multiply on AMX tiles (gptoss_cpu_amx; off until asked),
+// and how many work items (32 rows of an expert x all its tokens) have since the process started
+// (gptoss_cpu_amx_items: benchmarks and tests see which path ran).
+std::atomic<int> g_amx{0};
+std::atomic<int64_t> g_amx_items{0};
+
+#if defined(GK_AMX)
+// Many tokens per expert on AMX (Sapphire Rapids and later Xeons, where vLLM-CPU's own bf16 MoE
+// multiplies on tiles and AVX512_BF16 dot products ran 0.2-0.6x of it from 64 tokens, BENCHMARKS.md):
+// the same dequantized scratch tile as above (32 rows, natural order, K bf16 a row) is the A operand,
+// two 16-row tiles loaded straight from it; the expert's activations, transposed once per call into
+// AMX's pair-interleaved layout (to_vnni), are B, 16 tokens a tile; C = 16 rows x 16 tokens fp32.
+// Per 32 k: 2 A + up to 2 B loads for up to 4 TDPBF16PS (16 x 16 x 32 each).
+constexpr int64_t kAmxTokens = 16;  // tokens (columns) of one B / C tile
+
+// Elements of one group of kAmxTokens activation rows of K values in the pair-interleaved layout.
+inline int64_t vnni_group_len(int64_t K) { return K * kAmxTokens; }
+
+// rows[0 .. n) (n <= kAmxTokens bf16 rows of K values) -> dst in the pair-interleaved layout: pair p
+// (k = 2p, 2p + 1) of token t at dst[(p * kAmxTokens + t) * 2 + {0, 1}]; tokens n.. are zeros.
+void to_vnni(const uint16_t* const* rows, int n, int64_t K, uint16_t* dst) {
+  uint32_t* d = (uint32_t*)dst;
+  const int64_t pairs = K / 2;
+  for (int t = 0; t < kAmxTokens; ++t) {
+    if (t >= n) {
+      for (int64_t p = 0; p < pairs; ++p) d[p * kAmxTokens + t] = 0;
+      continue;
+    }
+    for (int64_t p = 0; p < pairs; ++p) std::memcpy(d + p * kAmxTokens + t, rows[t] + 2 * p, 4);
+  }
+}
+
+// c[r * 32 + t] = row r of the scratch tile wt (kTile rows of K bf16) . token t of G groups of
+// kAmxTokens tokens at xv (pair-interleaved, one group every vnni_group_len(K) elements), t < 16 G.
+// Tiles: 0 / 1 C of rows 0-15 x groups 0 / 1, 2 / 3 C of rows 16-31, 4 / 5 A (rows 0-15 / 16-31),
+// 6 / 7 B (groups 0 / 1).
+template <int G>
+void amx_tile_gemm(const uint16_t* wt, int64_t K, const uint16_t* xv, float* c) {
+  static_assert(kTile == 2 * gk::amx::kRows, "a work tile is two A tiles");
+  GK_AMX_ZERO(0);
+  GK_AMX_ZERO(2);
+  if constexpr (G == 2) {
+    GK_AMX_ZERO(1);
+    GK_AMX_ZERO(3);
+  }
+  const int64_t a_stride = K * 2;           // bytes between scratch rows
+  const int64_t b_step = 16 * 2 * kAmxTokens;  // elements of 16 pairs (32 k) of one group
+  for (int64_t kb = 0; kb < K / 32; ++kb) {
+    GK_AMX_LOAD(4, wt + kb * 32, a_stride);
+    GK_AMX_LOAD(5, wt + 16 * K + kb * 32, a_stride);
+    GK_AMX_LOAD(6, xv + kb * b_step, 2 * 2 * kAmxTokens);
+    GK_AMX_DP_BF16(0, 4, 6);
+    GK_AMX_DP_BF16(2, 5, 6);
+    if constexpr (G == 2) {
+      GK_AMX_LOAD(7, xv + vnni_group_len(K) + kb * b_step, 2 * 2 * kAmxTokens);
+      GK_AMX_DP_BF16(1, 4, 7);
+      GK_AMX_DP_BF16(3, 5, 7);
+    }
+  }
+  constexpr int64_t ldc = 32 * 4;  // bytes a row of c
+  GK_AMX_STORE(0, c, ldc);
+  GK_AMX_STORE(2, c + 16 * 32, ldc);
+  if constexpr (G == 2) {
+    GK_AMX_STORE(1, c + 16, ldc);
+    GK_AMX_STORE(3, c + 16 * 32 + 16, ldc);
+  }
+}
+#endif
+
 enum Mode { kF32 = 0, kBf16 = 1, kQ16 = 2 };  // act_mode of gptoss_cpu_moe
 
 inline bool all_rows(const void* const* rows, int M) {
@@ -827,11 +899,14 @@ inline void dot_rows(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t ld
 constexpr int64_t kScratchMin = GK_SCRATCH_MIN;  // tokens of one expert from which the bf16 scratch tile pays off
 
 // The tile's 32 rows against every slot jb..je of one expert: emit(j0, M, h) per group of up to
-// kMaxM slots, h[r * M + m] = row r . activation of slot j0 + m. xptr(j): slot j's activation row in
-// the mode's layout; nptr(j): the same row in the nibble layout (bf16 mode; else unused).
+// kMaxM slots (32 on AMX), h[r * M + m] = row r . activation of slot j0 + m. xptr(j): slot j's
+// activation row in the mode's layout; nptr(j): the same row in the nibble layout (bf16 mode; else
+// unused); xv: the slots' rows in AMX's pair-interleaved layout (to_vnni, groups of kAmxTokens from
+// slot jb), or null where the expert does not take the AMX path.
 template <typename XPtr, typename NPtr, typename Emit>
 void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb, Mode mode, int64_t jb,
-                     int64_t je, const XPtr& xptr, const NPtr& nptr, const Emit& emit) {
+                     int64_t je, const XPtr& xptr, const NPtr& nptr, const uint16_t* xv, const Emit& emit) {
+  (void)xv;  // (builds without AMX)
   float h[kTile * kMaxM];
   const void* xs[kMaxM];
   const void* xn[kMaxM];
@@ -840,6 +915,27 @@ void tile_all_tokens(const uint8_t* w, const uint8_t* s, int64_t ldw, int64_t nb
     thread_local std::vector<uint16_t> scratch;
     scratch.resize((size_t)kTile * nb * 32);
     if (dequant_tile_bf16(WRows{w, ldw, 0}, s, nb, nb, scratch.data())) {
+#if defined(GK_AMX)
+      if (xv != nullptr) {
+        const int64_t K = nb * 32;
+        float c[kTile * 2 * kAmxTokens], h2[kTile * 2 * kAmxTokens];
+        gk::amx::configure();
+        for (int64_t j0 = jb; j0 < je; j0 += 2 * kAmxTokens) {
+          const int M = (int)std::min<int64_t>(2 * kAmxTokens, je - j0);
+          const uint16_t* g = xv + (j0 - jb) / kAmxTokens * vnni_group_len(K);
+          if (M > kAmxTokens)
+            amx_tile_gemm<2>(scratch.data(), K, g, c);
+          else
+            amx_tile_gemm<1>(scratch.data(), K, g, c);
+          for (int r = 0; r < kTile; ++r)
+            for (int m = 0; m < M; ++m) h2[r * M + m] = c[r * 2 * kAmxTokens + m];
+          emit(j0, M, h2);
+        }
+        gk::amx::release();
+        g_amx_items.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+#endif
       for (int64_t j0 = jb; j0 < je; j0 += 4) {
         const int M = (int)std::min<int64_t>(4, je - j0);
         for (int m = 0; m < M; ++m) xs[m] = xptr(j0 + m);
@@ -869,7 +965,8 @@ int gptoss_cpu_chunk_bytes() { return int(kChunk); }
 
 // Bit 0: AVX-512 fp32 path, bit 1: AVX512_BF16 path, bit 2: AVX2 path (none of them: scalar);
 // bit 3: the q16 mode (AVX2 or AVX-512 builds), bit 4: its dot products use VNNI (AVX512_VNNI in
-// AVX-512 builds, AVX-VNNI in AVX2 builds).
+// AVX-512 builds, AVX-VNNI in AVX2 builds); bit 5: AMX tiles (AMX-BF16 builds), bit 6: their
+// software model instead (-DGK_AMX_EMULATE: tests).
 int gptoss_cpu_features() {
   int f = 0;
 #if defined(GK_AVX512)
@@ -887,8 +984,29 @@ int gptoss_cpu_features() {
 #if (defined(GK_AVX512) && defined(__AVX512VNNI__)) || (defined(GK_AVX2) && defined(__AVXVNNI__))
   f |= 16;
 #endif
+#if defined(GK_AMX) && !defined(GK_AMX_EMULATE)
+  f |= 32;
+#endif
+#if defined(GK_AMX_EMULATE) && defined(GK_AMX)
+  f |= 64;
+#endif
   return f;
 }
+
+// The AMX path for experts with kScratchMin+ tokens (bf16 mode), process-wide: on = 1 asks for it
+// (on Linux, first for the tile registers: arch_prctl), 0 turns it off. Returns whether it is on
+// now, or -1 when asked for in a build without AMX tiles (features bits 5 / 6).
+int gptoss_cpu_amx(int on) {
+#if defined(GK_AMX)
+  g_amx.store(on && gk::amx::request_permission() ? 1 : 0);
+  return g_amx.load();
+#else
+  return on ? -1 : 0;
+#endif
+}
+
+// Work items that took the AMX path since the process started.
+int64_t gptoss_cpu_amx_items() { return g_amx_items.load(); }
 
 // act_mode 0: x and out are fp32 [T, H]; 1: bf16 (only when built with AVX512_BF16); 2: x and out
 // fp32, activations and the SwiGLU output quantized to int16 per 32-block inside the call (AVX2 and
@@ -957,6 +1075,41 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       for (int64_t j = 0; j < K; ++j) need |= in_small_expert(t * K + j);
       if (need) xnib_ok[t] = to_nib_or_false((const uint16_t*)x_ + t * H, H, xnib.data() + t * Hn);
     });
+  // AMX: the activation rows of the experts with kScratchMin+ tokens (those that take the scratch
+  // tile) in the pair-interleaved layout, kAmxTokens slots a group, per projection: vgroup[e] is
+  // expert e's first group (vgroup[e] == vgroup[e + 1]: the expert does not take the AMX path).
+  std::vector<int64_t> vgroup(E + 1, 0);
+  std::vector<std::pair<int32_t, int32_t>> vgroups;  // (expert, group)
+  std::vector<uint16_t> xv, av;
+#if defined(GK_AMX)
+  if (bf16 && g_amx.load(std::memory_order_relaxed))
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = off[e + 1] - off[e];
+      const int64_t groups = n >= kScratchMin ? (n + kAmxTokens - 1) / kAmxTokens : 0;
+      for (int64_t g = 0; g < groups; ++g) vgroups.emplace_back(int32_t(e), int32_t(g));
+      vgroup[e + 1] = vgroup[e] + groups;
+    }
+  else
+    for (int64_t e = 0; e < E; ++e) vgroup[e + 1] = vgroup[e];
+  // slot j's row: row(j); the groups of all AMX experts into buf, in parallel
+  auto fill_vnni = [&](std::vector<uint16_t>& buf, int64_t K, auto row) {
+    buf.resize((size_t)vgroup[E] * vnni_group_len(K));
+    run_items((int64_t)vgroups.size(), [&](int64_t i) {
+      const int64_t e = vgroups[i].first, j0 = off[e] + int64_t(vgroups[i].second) * kAmxTokens;
+      const int n = (int)std::min<int64_t>(kAmxTokens, off[e + 1] - j0);
+      const uint16_t* rows[kAmxTokens];
+      for (int t = 0; t < n; ++t) rows[t] = row(j0 + t);
+      to_vnni(rows, n, K, buf.data() + (vgroup[e] + vgroups[i].second) * vnni_group_len(K));
+    });
+  };
+  auto vnni_of = [&](const std::vector<uint16_t>& buf, int64_t e, int64_t K) -> const uint16_t* {
+    return vgroup[e] == vgroup[e + 1] ? nullptr : buf.data() + vgroup[e] * vnni_group_len(K);
+  };
+  if (!vgroups.empty())
+    fill_vnni(xv, H, [&](int64_t j) { return (const uint16_t*)x_ + (slots[j] / K) * H; });
+#else
+  auto vnni_of = [](const std::vector<uint16_t>&, int64_t, int64_t) -> const uint16_t* { return nullptr; };
+#endif
   std::vector<char> act((size_t)S * I * esz);       // SwiGLU output per slot, mode layout
   std::vector<float> ybuf((size_t)S * H);           // weighted expert output per slot
   // ---- work items: (expert, 32-row tile), taken by the threads in runs of consecutive items: the
@@ -990,7 +1143,8 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     auto nptr = [&](int64_t j) -> const void* {
       return in_small_expert(slots[j]) && xnib_ok[slots[j] / K] ? xnib.data() + (slots[j] / K) * Hn : nullptr;
     };
-    tile_all_tokens(w, s, H / 2, H / kBlock, mode, off[e], off[e + 1], xptr, nptr, [&](int64_t j0, int M, const float* h) {
+    tile_all_tokens(w, s, H / 2, H / kBlock, mode, off[e], off[e + 1], xptr, nptr, vnni_of(xv, e, H),
+                    [&](int64_t j0, int M, const float* h) {
       for (int m = 0; m < M; ++m) {
         char* arow = act.data() + (size_t)slots[j0 + m] * I * esz;
         for (int p = 0; p < kTile / 2; ++p) {
@@ -1015,6 +1169,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     run_items(S, [&](int64_t j) {
       if (in_small_expert(j)) anib_ok[j] = to_nib_or_false((const uint16_t*)act.data() + j * I, I, anib.data() + j * In);
     });
+#if defined(GK_AMX)
+  if (!vgroups.empty())
+    fill_vnni(av, I, [&](int64_t j) { return (const uint16_t*)act.data() + slots[j] * I; });
+#endif
   if (q16) {  // the SwiGLU output of each routed slot, quantized as the input was
     aq.resize(S, I);
     run_items(S, [&](int64_t j) {
@@ -1032,7 +1190,8 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
     auto nptr = [&](int64_t j) -> const void* {
       return in_small_expert(slots[j]) && anib_ok[slots[j]] ? anib.data() + slots[j] * In : nullptr;
     };
-    tile_all_tokens(w, s, I / 2, I / kBlock, mode, off[e], off[e + 1], aptr, nptr, [&](int64_t j0, int M, const float* y) {
+    tile_all_tokens(w, s, I / 2, I / kBlock, mode, off[e], off[e + 1], aptr, nptr, vnni_of(av, e, I),
+                    [&](int64_t j0, int M, const float* y) {
       for (int m = 0; m < M; ++m) {
         const int64_t slot = slots[j0 + m];
         const float rw = topk_w[slot];
