@@ -127,6 +127,68 @@ using gk::run_items;
 using gk::hsum256;
 #endif
 
+// --------------------------------------------------------------------------- the SwiGLU epilogue
+// a[p] = g / (1 + e^(-alpha g)) (u + 1) for the 16 gate/up pairs of a work tile and one token m:
+// g = min(h[2p][m] + bias[2p], limit), u = clamp(h[2p + 1][m] + bias[2p + 1], -limit, limit), where
+// h[r * M + m] and bias is the tile's 32 interleaved gate/up biases (or null). NaN propagates, as in
+// torch.clamp. AVX-512 builds take the 16 pairs in one vector (e^x by Cephes' expf polynomial and an
+// exponent scaling, within 2 ulp of expf) for groups of 4+ tokens (prefill: 1.04x at 512 tokens, 20b
+// layer, Zen 5); with fewer (decode), one pair at a time with std::exp, which measured 1-2% faster
+// there from DRAM for a reason not found (the same speed with the experts L3-resident).
+#if defined(GK_AVX512)
+inline __m512 exp512(__m512 x) {
+  // x beyond [-104, 89] gives 0 or inf through the scaling, as expf; NaN stays NaN (min/max return
+  // their second operand when one is NaN)
+  x = _mm512_max_ps(_mm512_set1_ps(-104.f), _mm512_min_ps(_mm512_set1_ps(89.f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // x - n ln2, ln2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(y, n);  // y 2^n: 0 below, inf above float's range
+}
+#endif
+
+inline void swiglu_pairs(const float* h, int M, int m, const float* bias, float alpha, float limit, float* a) {
+  static_assert(kTile == 32, "16 gate/up pairs a work tile: one vector");
+#if defined(GK_AVX512)
+  if (M >= 4) {
+    const __m512i rows = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i gi = _mm512_add_epi32(_mm512_mullo_epi32(rows, _mm512_set1_epi32(M)), _mm512_set1_epi32(m));
+    __m512 g = _mm512_i32gather_ps(gi, h, 4);
+    __m512 u = _mm512_i32gather_ps(_mm512_add_epi32(gi, _mm512_set1_epi32(M)), h, 4);
+    if (bias != nullptr) {
+      const __m512 lo = _mm512_loadu_ps(bias), hi = _mm512_loadu_ps(bias + 16);
+      g = _mm512_add_ps(g, _mm512_permutex2var_ps(lo, rows, hi));
+      u = _mm512_add_ps(u, _mm512_permutex2var_ps(lo, _mm512_add_epi32(rows, _mm512_set1_epi32(1)), hi));
+    }
+    const __m512 lim = _mm512_set1_ps(limit);
+    g = _mm512_min_ps(lim, g);  // g when g is NaN
+    u = _mm512_min_ps(lim, _mm512_max_ps(_mm512_set1_ps(-limit), u));
+    const __m512 e = exp512(_mm512_mul_ps(_mm512_set1_ps(-alpha), g));
+    _mm512_storeu_ps(a, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
+                                      _mm512_add_ps(u, _mm512_set1_ps(1.f))));
+    return;
+  }
+#endif
+  for (int p = 0; p < kTile / 2; ++p) {
+    float g = h[(2 * p) * M + m], u = h[(2 * p + 1) * M + m];
+    if (bias != nullptr) {
+      g += bias[2 * p];
+      u += bias[2 * p + 1];
+    }
+    g = std::min(g, limit);  // NaN propagates, as torch.clamp does
+    u = std::min(std::max(u, -limit), limit);
+    a[p] = g / (1.0f + std::exp(-alpha * g)) * (u + 1.0f);
+  }
+}
+
 // position of element c of a K-row in the fp32 mode's even/odd-split layout
 inline int64_t perm_pos(int64_t c) {
   int64_t w = c & 31;
@@ -1147,20 +1209,14 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
                     [&](int64_t j0, int M, const float* h) {
       for (int m = 0; m < M; ++m) {
         char* arow = act.data() + (size_t)slots[j0 + m] * I * esz;
+        float a[kTile / 2];
+        swiglu_pairs(h, M, m, b13 ? b13 + e * N1 + n0 : nullptr, alpha, limit, a);
         for (int p = 0; p < kTile / 2; ++p) {
-          float g = h[(2 * p) * M + m], u = h[(2 * p + 1) * M + m];
-          if (b13) {
-            g += b13[e * N1 + n0 + 2 * p];
-            u += b13[e * N1 + n0 + 2 * p + 1];
-          }
-          g = std::min(g, limit);  // NaN propagates, as torch.clamp does
-          u = std::min(std::max(u, -limit), limit);
-          const float a = g / (1.0f + std::exp(-alpha * g)) * (u + 1.0f);
           const int64_t c = n0 / 2 + p;
           if (bf16)
-            ((uint16_t*)arow)[c] = f32_to_bf16(a);
+            ((uint16_t*)arow)[c] = f32_to_bf16(a[p]);
           else
-            ((float*)arow)[perm_pos(c)] = a;
+            ((float*)arow)[perm_pos(c)] = a[p];
         }
       }
     });
