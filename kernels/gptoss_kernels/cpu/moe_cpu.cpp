@@ -745,7 +745,15 @@ void dot_bf16_nib(const WRows& w, const uint8_t* s, int64_t lds, int64_t nb, con
 // order, scale folded in; 32 x K x 2 bytes, L2-resident), then a plain bf16 register-blocked GEMM
 // over all of the expert's tokens. Returns false (nothing written) if a scale of the tile is outside
 // [2, 252]: those tiles take the in-register path, which handles extreme scales exactly.
+// Streaming its codes from DRAM, one thread dequantized 7.3 GB/s of them with the hardware
+// prefetchers alone (28 GB/s L2-hot; a plain read loop reads 31-35): each 256-byte chunk of a row
+// group also prefetches the codes kDequantAheadL1 bytes on into L1 and kDequantAheadL2 into L2 (into
+// the next tile, the thread's next work item, near a tile's end), and each tile the next tile's
+// scales: 11.6 GB/s (Zen 5, a `/tmp` harness over 920 MB of tiles; distances 1-16 KB tried).
+constexpr int64_t kDequantAheadL1 = 2048, kDequantAheadL2 = 8192;
+
 bool dequant_tile_bf16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, uint16_t* dst) {
+  for (int64_t o = 0; o < kTile * lds; o += 64) _mm_prefetch((const char*)s + kTile * lds + o, _MM_HINT_T0);
   if (!scales_in_range(s, lds, kTile, nb, 2, 252)) return false;
   const __m512i lut = _mm512_loadu_si512(kE2M1Bf16.v);
   const __mmask32 nonzero = ~((1u << 0) | (1u << 8) | (1u << 16) | (1u << 24));
@@ -761,6 +769,10 @@ bool dequant_tile_bf16(WRows w, const uint8_t* s, int64_t lds, int64_t nb, uint1
     const WRows::Blocks wb = WRows{w.tile, w.ldw, w.r0 + r0}.blocks();
     for (int64_t b0 = 0; b0 < int64_t(wb.whole); b0 += 4) {
       const WRows::Block blk = wb.at(b0);
+      for (int64_t l = 0; l < kChunk * kGroupRows; l += 64) {
+        _mm_prefetch((const char*)blk.row(0) + l + kDequantAheadL1, _MM_HINT_T0);
+        _mm_prefetch((const char*)blk.row(0) + l + kDequantAheadL2, _MM_HINT_T1);
+      }
       for (int rr = 0; rr < kGroupRows; ++rr)
         for (int j = 0; j < 4; ++j) one(blk.row(rr) + 16 * j, r0 + rr, b0 + j);
     }
