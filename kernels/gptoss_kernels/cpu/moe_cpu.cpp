@@ -1239,8 +1239,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       if (in_small_expert(j)) anib_ok[j] = to_nib_or_false((const uint16_t*)act.data() + j * I, I, anib.data() + j * In);
     });
 #if defined(GK_AMX)
-  if (!vgroups.empty())
+  if (!vgroups.empty()) {
+    std::vector<uint16_t>().swap(xv);  // gate_up's copy is done with: the two are never held at once
     fill_vnni(av, I, [&](int64_t j) { return (const uint16_t*)act.data() + slots[j] * I; });
+  }
 #endif
   if (q16) {  // the SwiGLU output of each routed slot, quantized as the input was
     aq.resize(S, I);
