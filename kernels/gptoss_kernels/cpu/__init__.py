@@ -24,6 +24,9 @@ any of them), 16-bit activations are quantized to int16 per 32-block inside the 
 block max / 32767: error ~1e-5 of the block's largest value, two orders below bf16's own rounding)
 for integer dot products with the 2x-E2M1 codes (vpdpwssd where AVX512_VNNI or AVX-VNNI has it), blocks
 with extreme E8M0 scales exactly in float32; the scalar build converts 16-bit activations to float32.
+With the AMX path on (`enable_amx`, CPUs with AMX), experts with 8+ tokens of a bf16 call multiply
+the same bf16 values on AMX tiles: float32 sums in another order, and bf16 inputs below 2^-126
+(denormals) count as zero there, as AMX's TDPBF16PS does.
 """
 
 from __future__ import annotations
