@@ -1153,10 +1153,10 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
   // AMX: the activation rows of the experts with kScratchMin+ tokens (those that take the scratch
   // tile) in the pair-interleaved layout, kAmxTokens slots a group, per projection: vgroup[e] is
   // expert e's first group (vgroup[e] == vgroup[e + 1]: the expert does not take the AMX path).
-  std::vector<int64_t> vgroup(E + 1, 0);
-  std::vector<std::pair<int32_t, int32_t>> vgroups;  // (expert, group)
   std::vector<uint16_t> xv, av;
 #if defined(GK_AMX)
+  std::vector<int64_t> vgroup(E + 1, 0);
+  std::vector<std::pair<int32_t, int32_t>> vgroups;  // (expert, group)
   if (bf16 && g_amx.load(std::memory_order_relaxed))
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = off[e + 1] - off[e];
@@ -1164,8 +1164,6 @@ int gptoss_cpu_moe(int act_mode, const void* x_, void* out_, int64_t T, int64_t 
       for (int64_t g = 0; g < groups; ++g) vgroups.emplace_back(int32_t(e), int32_t(g));
       vgroup[e + 1] = vgroup[e] + groups;
     }
-  else
-    for (int64_t e = 0; e < E; ++e) vgroup[e + 1] = vgroup[e];
   // slot j's row: row(j); the groups of all AMX experts into buf, in parallel
   auto fill_vnni = [&](std::vector<uint16_t>& buf, int64_t K, auto row) {
     buf.resize((size_t)vgroup[E] * vnni_group_len(K));
