@@ -12,7 +12,8 @@
 //   a software model       with -DGK_AMX_EMULATE (tests on CPUs without AMX): per-thread tile
 //                          memory and the Intel SDM's pseudo-code of TDPBF16PS (two fp32 FMAs per
 //                          pair, in the pair's order; no denormal flushing), so the layouts and loops
-//                          around the tiles are exercised here; only the instructions themselves are not.
+//                          around the tiles are exercised here; only the instructions themselves are not
+//                          (scripts/amx_bochs runs them on Bochs's Sapphire Rapids model).
 // GK_AMX is defined when the build has either.
 #pragma once
 
