@@ -6,9 +6,10 @@ off, against torch's float32 `moe_reference` computed here.
 What it checks that the tests here cannot (they run the tiles' software model, amx_tiles.h): the
 tile configuration (LDTILECFG's 64-byte block), the instructions' operand order and strides
 (TILELOADD / TDPBF16PS / TILESTORED) as another implementation reads them, that Linux grants the
-permission request (arch_prctl ARCH_REQ_XCOMP_PERM), and per-thread tile configuration with 2 OpenMP
-threads on 1 emulated core. Not checked: that the request is needed (this kernel enables the tiles
-for every task, see XSTATE_EDITS), and speed (Bochs interprets every instruction).
+permission request (arch_prctl ARCH_REQ_XCOMP_PERM), and per-thread tile configuration and state
+with 4 OpenMP threads on 2 emulated cores (tiles in use side by side, and saved and restored by
+Linux). Not checked: that the request is needed (this kernel enables the tiles for every task, see
+XSTATE_EDITS), and speed (Bochs interprets every instruction).
 
     sudo .venv/bin/python scripts/amx_bochs/run.py         # 4-8 minutes the first time, ~40 s after
     .venv/bin/python scripts/amx_bochs/run.py --dry-run    # the same cases and guest here, on the
@@ -56,7 +57,7 @@ HOST_TOOLS = {"debootstrap": "debootstrap", "genisoimage": "genisoimage", "dpkg-
 ISOLINUX = Path("/usr/lib/ISOLINUX/isolinux.bin")
 LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 MODE_BF16 = native_cpu.MODE_BF16
-THREADS = 2  # OpenMP threads in the guest: two tile states on one emulated core
+THREADS = 4  # OpenMP threads in the guest: on 2 emulated cores, so tiles are used side by side and swapped out
 
 
 def log(msg: str) -> None:
@@ -178,7 +179,7 @@ def debian13_package(name_re: str) -> str:
 # Linux clears XTILE_DATA (bit 18) from its xfeatures where the CPU has no XFD (Extended Feature
 # Disable, which real AMX CPUs all have and Bochs 3.0 does not), keeps XTILE_CFG (bit 17), and its
 # XSETBV of that XCR0 faults at boot. The check's kernel makes the tile data a static feature there
-# instead (saved with every task's state, so 2 threads on 1 core keep their tiles): these edits of
+# instead (saved with every task's state, so threads sharing a core keep their tiles): these edits of
 # arch/x86/kernel/fpu/xstate.c (Linux 6.12), each expected exactly once.
 XSTATE_EDITS = [
     ("\tu64 xfeatures;\n", "\tu64 xfeatures, dynamic;\n"),
@@ -194,10 +195,11 @@ XSTATE_EDITS = [
 # data too (10.7 KB of xstate in all): arch/x86/include/asm/fpu/types.h
 TYPES_EDIT = ("\tu8 __padding[PAGE_SIZE];\n", "\tu8 __padding[3 * PAGE_SIZE];\n")
 # tinyconfig plus what the guest needs: 64-bit, a serial console, an initramfs, static ELF
-# programs, /proc, futexes (OpenMP's threads); without 5-level paging, which Bochs's SMM return
+# programs, /proc, futexes (OpenMP's threads), SMP (2 cores); without 5-level paging, which Bochs's SMM return
 # refuses (its BIOS enters SMM when Linux switches ACPI on)
 KERNEL_OPTIONS = ["64BIT", "PRINTK", "TTY", "SERIAL_8250", "SERIAL_8250_CONSOLE", "BLK_DEV_INITRD", "BINFMT_ELF",
-                  "PROC_FS", "FUTEX", "EARLY_PRINTK", "ACPI", "CPU_SUP_INTEL", "MULTIUSER", "POSIX_TIMERS", "RSEQ"]
+                  "PROC_FS", "FUTEX", "EARLY_PRINTK", "ACPI", "CPU_SUP_INTEL", "MULTIUSER", "POSIX_TIMERS", "RSEQ",
+                  "SMP"]
 KERNEL_OPTIONS_OFF = ["X86_5LEVEL"]
 
 
@@ -296,7 +298,7 @@ def iso(vmlinuz: Path, initrd: Path, out: Path) -> None:
 
 BOCHSRC = """\
 megs: 1024
-cpu: model=sapphire_rapids, count=1, ips=100000000, reset_on_triple_fault=0
+cpu: model=sapphire_rapids, count=2, ips=100000000, reset_on_triple_fault=0
 romimage: file=/usr/share/bochs/BIOS-bochs-latest
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
 ata0-master: type=cdrom, path={iso}, status=inserted
