@@ -65,18 +65,21 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ cases (host side, torch)
-# (name, T, E, H, I, K, scale range): experts of 8+ tokens take the AMX path; E=2 at gpt-oss's
+# (name, T, E, H, I, K, scale range, tokens per expert or None for random top-K routing): experts
+# of 8+ tokens take the AMX path; f puts experts at its edges (7: the AVX-512 path; 8 and 16: one B
+# tile, partial and full; 17 and 32: two; 33: two tiles, then one of 1 token); e is gpt-oss's
 # hidden size and expert width (2880 = 90 blocks of 32) with ~20 tokens an expert.
 CASES = [
-    ("a_t17_k4", 17, 5, 128, 96, 4, (118, 124)),
-    ("b_t64_k4", 64, 5, 128, 96, 4, (118, 124)),
-    ("c_t257_k1", 257, 5, 128, 96, 1, (118, 124)),
-    ("d_t48_wide_scales", 48, 3, 192, 128, 2, (100, 140)),
-    ("e_t40_gptoss_width", 40, 2, 2880, 2880, 1, (118, 124)),
+    ("a_t17_k4", 17, 5, 128, 96, 4, (118, 124), None),
+    ("b_t64_k4", 64, 5, 128, 96, 4, (118, 124), None),
+    ("c_t257_k1", 257, 5, 128, 96, 1, (118, 124), None),
+    ("d_t48_wide_scales", 48, 3, 192, 128, 2, (100, 140), None),
+    ("e_t40_gptoss_width", 40, 2, 2880, 2880, 1, (118, 124), None),
+    ("f_t113_edges", 113, 6, 128, 64, 1, (118, 124), (7, 8, 16, 17, 32, 33)),
 ]
 
 
-def write_case(path: Path, native, name, T, E, H, I, K, scales, seed) -> None:
+def write_case(path: Path, native, name, T, E, H, I, K, scales, counts, seed) -> None:
     g = torch.Generator().manual_seed(seed)
     lo, hi = scales
     w13 = torch.randint(0, 256, (E, 2 * I, H // 2), dtype=torch.uint8, generator=g)
@@ -87,6 +90,10 @@ def write_case(path: Path, native, name, T, E, H, I, K, scales, seed) -> None:
     x = (torch.randn(T, H, generator=g) * 4).to(torch.bfloat16)
     tw, ids = gk.route_reference(torch.randn(T, E, generator=g), K)
     ids = torch.where(torch.rand(T, K, generator=g) < 0.2, torch.full_like(ids, -1), ids).to(torch.int32)
+    if counts is not None:  # top-1, expert e on counts[e] tokens, in shuffled order
+        assert K == 1 and sum(counts) == T, (name, K, sum(counts), T)
+        ids = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))[torch.randperm(T, generator=g)]
+        ids, tw = ids.view(T, 1).to(torch.int32), torch.rand(T, 1, generator=g) + 0.5
     counts = torch.bincount(ids[ids >= 0].long(), minlength=E)
     if not (counts >= 8).any():
         raise AssertionError(f"case {name}: no expert has the 8+ tokens of the AMX path ({counts.tolist()})")
@@ -106,8 +113,8 @@ def write_cases(folder: Path) -> None:
     if not native.features & native_cpu.FEATURE_BF16:
         raise SystemExit("the cases' host outputs need this CPU's AVX512_BF16 path (gptoss_cpu_features bit 1)")
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (name, T, E, H, I, K, scales) in enumerate(CASES):
-        write_case(folder / f"{name}.bin", native, name, T, E, H, I, K, scales, seed=20261207 + i)
+    for i, (name, T, E, H, I, K, scales, counts) in enumerate(CASES):
+        write_case(folder / f"{name}.bin", native, name, T, E, H, I, K, scales, counts, seed=20261207 + i)
     log(f"wrote {len(CASES)} cases to {folder}")
 
 
