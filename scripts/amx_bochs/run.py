@@ -355,10 +355,13 @@ def boot(root: Path, iso_path: Path, timeout: float) -> str:
             proc.wait()
 
 
-def verdict(text: str) -> int:
+def verdict(text: str, instructions: bool = True) -> int:
+    """0 when every case passed (on the AMX instructions themselves, unless `instructions` is False:
+    the dry run's software model), else 1."""
     cases = [ln for ln in text.splitlines() if ln.startswith("CASE ")]
     passed = sum(ln.endswith(" PASS") for ln in cases)
     ok = "GUEST RESULT PASS" in text and passed == len(CASES) == len(cases)
+    ok &= "(AMX instructions: 1)" in text or not instructions
     log(f"{passed}/{len(CASES)} cases passed; {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
@@ -384,7 +387,7 @@ def main() -> int:
         print(proc.stdout, end="")
         if proc.returncode not in (0, 1):  # 1: a case failed; else it crashed
             print(f"the guest exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
-        return verdict(proc.stdout)
+        return verdict(proc.stdout, instructions=False)
     check_host_tools()
     root = bochs_root(work)
     vmlinuz = kernel(work)

@@ -1,7 +1,7 @@
 """scripts/amx_bochs: the MoE's AMX path on the real instructions of Bochs's Sapphire Rapids model.
 
-The check itself is run by hand (root, debootstrap, a Linux build, Bochs: ~15 minutes the first time;
-BENCHMARKS.md has its result). Here its dry run, which writes the same cases and runs the same
+The check itself is run by hand (root, debootstrap, a Linux build, Bochs: 4-8 minutes the first
+time; BENCHMARKS.md has its result). Here its dry run, which writes the same cases and runs the same
 guest program on the tiles' software model, so that a broken harness fails in CI rather than on the
 day someone runs the check; and its verdict, which must fail on a failed, missing or crashed case.
 """
@@ -45,12 +45,16 @@ def test_dry_run_passes(tmp_path):
 def test_verdict_fails_on_bad_console():
     run = _run_module()
     n = len(run.CASES)
-    good = "".join(f"CASE c{i} x PASS\n" for i in range(n)) + f"GUEST RESULT PASS ({n} cases)\n"
+    good = ("GUEST features=59 (AMX instructions: 1) amx_permission=1 threads=4\n"
+            + "".join(f"CASE c{i} x PASS\n" for i in range(n)) + f"GUEST RESULT PASS ({n} cases)\n")
     assert run.verdict(good) == 0
+    # the software model passes the dry run only
+    model = good.replace("(AMX instructions: 1)", "(AMX instructions: 0)")
+    assert run.verdict(model) == 1 and run.verdict(model, instructions=False) == 0
     assert run.verdict(good.replace("CASE c0 x PASS", "CASE c0 x FAIL")) == 1
     assert run.verdict(good.replace("CASE c0 x PASS\n", "")) == 1  # a case missing
     assert run.verdict(good.replace("GUEST RESULT PASS", "GUEST RESULT FAIL")) == 1
-    assert run.verdict("".join(good.splitlines(keepends=True)[:2]) + "Kernel panic - not syncing\n") == 1
+    assert run.verdict("".join(good.splitlines(keepends=True)[:3]) + "Kernel panic - not syncing\n") == 1
 
 
 def test_guest_builds_with_the_library_flags(tmp_path):
